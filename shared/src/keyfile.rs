@@ -1,0 +1,290 @@
+//! Key files: `<key-id> <secret>` lines, permission checks, and generation of new keys.
+
+use std::fmt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use rand::rngs::OsRng;
+use rand::RngCore;
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+/// A 32-byte pre-shared secret; wiped from memory when dropped, never printed.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct Secret([u8; 32]);
+
+impl Secret {
+    /// Wraps raw secret bytes.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// A new secret from the OS random source.
+    pub fn generate() -> Self {
+        let mut bytes = [0u8; 32];
+        OsRng.fill_bytes(&mut bytes);
+        Self(bytes)
+    }
+
+    /// The raw bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Lowercase hex, as written in key files.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn from_hex(text: &str) -> Option<Self> {
+        if text.len() != 64 || !text.is_ascii() {
+            return None;
+        }
+        let mut bytes = [0u8; 32];
+        for (byte, pair) in bytes.iter_mut().zip(text.as_bytes().chunks(2)) {
+            let pair = std::str::from_utf8(pair).ok()?;
+            *byte = u8::from_str_radix(pair, 16).ok()?;
+        }
+        Some(Self(bytes))
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// Whether `id` is 1-64 characters of `[A-Za-z0-9._-]`.
+pub fn valid_key_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// One line of a key file.
+#[derive(Debug, Clone)]
+pub struct KeyEntry {
+    /// The key id, named in audit logs and sent in the clear during the handshake.
+    pub id: String,
+    /// The pre-shared secret.
+    pub secret: Secret,
+}
+
+/// The keys of one key file, in file order.
+#[derive(Debug, Clone, Default)]
+pub struct KeyRing {
+    entries: Vec<KeyEntry>,
+}
+
+/// Why a key file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    /// The file could not be read.
+    #[error("cannot read key file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is open to group or others.
+    #[error(
+        "key file {} is accessible by group or others (mode {mode:04o}); run: chmod 600 {}",
+        path.display(),
+        path.display()
+    )]
+    Permissions {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// A line is not `<key-id> <secret>`.
+    #[error("key file {}, line {line}: {reason}", path.display())]
+    Malformed {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// No key lines at all.
+    #[error("key file {} holds no keys (expected lines of '<key-id> <64 hex digits>')", path.display())]
+    Empty {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+impl KeyRing {
+    /// Reads a key file, refusing one that group or others may read or write.
+    pub fn load(path: &Path) -> Result<Self, KeyFileError> {
+        let read_err = |source| KeyFileError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        let meta = std::fs::metadata(path).map_err(read_err)?;
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(KeyFileError::Permissions {
+                path: path.to_owned(),
+                mode,
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(read_err)?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses key file text; `path` only names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, KeyFileError> {
+        let mut entries: Vec<KeyEntry> = Vec::new();
+        for (index, raw) in text.lines().enumerate() {
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let malformed = |reason| KeyFileError::Malformed {
+                path: path.to_owned(),
+                line: index + 1,
+                reason,
+            };
+            let mut words = line.split_whitespace();
+            let (Some(id), Some(secret), None) = (words.next(), words.next(), words.next()) else {
+                return Err(malformed("expected '<key-id> <secret>'"));
+            };
+            if !valid_key_id(id) {
+                return Err(malformed(
+                    "key id must be 1-64 characters of A-Z a-z 0-9 . _ -",
+                ));
+            }
+            let Some(secret) = Secret::from_hex(secret) else {
+                return Err(malformed("secret must be 64 hex digits"));
+            };
+            if entries.iter().any(|e| e.id == id) {
+                return Err(malformed("key id appears on an earlier line too"));
+            }
+            entries.push(KeyEntry {
+                id: id.to_owned(),
+                secret,
+            });
+        }
+        if entries.is_empty() {
+            return Err(KeyFileError::Empty {
+                path: path.to_owned(),
+            });
+        }
+        Ok(Self { entries })
+    }
+
+    /// The secret for `id`, if the file holds it.
+    pub fn get(&self, id: &str) -> Option<&Secret> {
+        self.entries.iter().find(|e| e.id == id).map(|e| &e.secret)
+    }
+
+    /// The first key, which ctl uses unless told otherwise.
+    pub fn first(&self) -> Option<&KeyEntry> {
+        self.entries.first()
+    }
+
+    /// The entry for `id`.
+    pub fn entry(&self, id: &str) -> Option<&KeyEntry> {
+        self.entries.iter().find(|e| e.id == id)
+    }
+
+    /// How many keys the file holds.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the ring is empty (never true for a loaded file).
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// The text of a new key file holding one fresh key named `id`.
+pub fn generate(id: &str) -> String {
+    format!(
+        "# rexec key file: keep it private (mode 0600). Format: <key-id> <64 hex digits>\n{id} {}\n",
+        Secret::generate().to_hex()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<KeyRing, KeyFileError> {
+        KeyRing::parse(text, Path::new("/etc/keys"))
+    }
+
+    #[test]
+    fn generated_file_parses_back() {
+        let text = generate("ops-1");
+        let ring = parse(&text).unwrap();
+        assert_eq!(ring.len(), 1);
+        assert_eq!(ring.first().unwrap().id, "ops-1");
+        assert_ne!(generate("a"), generate("a"), "secrets must be random");
+    }
+
+    #[test]
+    fn comments_blank_lines_and_several_keys() {
+        let text = format!(
+            "# keys\n\n  a {}\nb.c_d-e {}\n",
+            "0".repeat(64),
+            "Ab".repeat(32)
+        );
+        let ring = parse(&text).unwrap();
+        assert_eq!(ring.len(), 2);
+        assert_eq!(ring.get("b.c_d-e").unwrap().as_bytes(), &[0xab; 32]);
+        assert!(ring.get("c").is_none());
+    }
+
+    #[test]
+    fn malformed_lines_name_the_file_and_line() {
+        let good = format!("a {}\n", "1".repeat(64));
+        for (bad, reason) in [
+            ("a\n", "expected"),
+            (&*format!("a {} extra\n", "1".repeat(64)), "expected"),
+            ("a 1234\n", "64 hex"),
+            (&*format!("a {}\n", "g".repeat(64)), "64 hex"),
+            (&*format!("bad/id {}\n", "1".repeat(64)), "key id"),
+            (
+                &*format!("{} {}\n", "x".repeat(65), "1".repeat(64)),
+                "key id",
+            ),
+            (&*format!("a {}\n", "1".repeat(64)), "earlier line"),
+        ] {
+            let text = format!("# header\n{good}{bad}");
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains("/etc/keys") && err.contains("line 3"), "{err}");
+            assert!(err.contains(reason), "{err}");
+        }
+    }
+
+    #[test]
+    fn empty_file_is_refused() {
+        assert!(matches!(
+            parse("# nothing\n\n"),
+            Err(KeyFileError::Empty { .. })
+        ));
+    }
+
+    #[test]
+    fn key_id_rules() {
+        assert!(valid_key_id("a"));
+        assert!(valid_key_id(&"z".repeat(64)));
+        assert!(!valid_key_id(""));
+        assert!(!valid_key_id(&"z".repeat(65)));
+        assert!(!valid_key_id("a b"));
+        assert!(!valid_key_id("é"));
+    }
+
+    #[test]
+    fn secret_debug_does_not_leak() {
+        let s = Secret::from_bytes([0xab; 32]);
+        assert!(!format!("{s:?}").contains("ab"));
+    }
+}

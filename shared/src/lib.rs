@@ -1,0 +1,19 @@
+//! The rexec wire protocol, shared by `agent` and `ctl`.
+//!
+//! Layers, bottom up: [`frame`] (length-prefixed framing), [`handshake`] (mutual HMAC proof
+//! and X25519 key agreement), [`session`] (per-direction AEAD), [`message`] (what the frames
+//! carry), and [`transport`], the only module that does I/O. [`keyfile`] reads key files.
+//! docs/protocol.md describes every byte.
+
+pub mod error;
+pub mod frame;
+pub mod handshake;
+pub mod keyfile;
+pub mod message;
+pub mod session;
+pub mod transport;
+
+pub use error::ProtocolError;
+
+/// The default TCP port of the agent.
+pub const DEFAULT_PORT: u16 = 50007;

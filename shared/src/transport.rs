@@ -1,0 +1,245 @@
+//! The I/O edge: reads whole frames from a byte stream, and drives the handshake and the
+//! sealed session over any `AsyncRead`/`AsyncWrite` pair (a TCP socket, or an in-memory duplex
+//! in tests).
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::error::ProtocolError;
+use crate::frame::{self, HEADER_LEN, MAX_FRAME_LEN, MAX_HANDSHAKE_FRAME_LEN};
+use crate::handshake::{ClientHandshake, Session};
+use crate::keyfile::Secret;
+use crate::message::{ClientMsg, ServerMsg};
+use crate::session::{Opener, Sealer};
+
+/// Smallest and largest read into the frame buffer. Reads are sized by what the current frame
+/// still needs, never by more than this, so memory grows only as bytes actually arrive.
+const MIN_READ: usize = 4 * 1024;
+const MAX_READ: usize = 256 * 1024;
+
+/// One frame, borrowed mutably from the reader's buffer so it can be opened in place.
+pub struct RawFrame<'a> {
+    /// The 5 header bytes (length and kind).
+    pub header: [u8; HEADER_LEN],
+    /// The payload.
+    pub payload: &'a mut [u8],
+}
+
+impl RawFrame<'_> {
+    /// The kind byte.
+    pub fn kind(&self) -> u8 {
+        self.header[4]
+    }
+
+    /// The frame as a read-only [`frame::Frame`].
+    pub fn as_frame(&self) -> frame::Frame<'_> {
+        frame::Frame {
+            kind: self.kind(),
+            payload: self.payload,
+        }
+    }
+}
+
+/// Reads whole frames from a byte stream, whatever way the bytes are split across reads.
+pub struct FrameReader<R> {
+    inner: R,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// A reader over `inner` with an empty buffer.
+    pub fn new(inner: R) -> Self {
+        Self {
+            inner,
+            buf: Vec::new(),
+            pos: 0,
+        }
+    }
+
+    /// The next whole frame: `Ok(None)` on a clean end of stream between frames,
+    /// [`ProtocolError::Truncated`] if the stream ends inside one. A length above `max_len` is
+    /// refused as soon as its 4 bytes arrive.
+    pub async fn next(&mut self, max_len: usize) -> Result<Option<RawFrame<'_>>, ProtocolError> {
+        loop {
+            let pending = &self.buf[self.pos..];
+            if let Some((_, used)) = frame::parse(pending, max_len)? {
+                let start = self.pos;
+                self.pos += used;
+                let whole = &mut self.buf[start..start + used];
+                let (header, payload) = whole.split_at_mut(HEADER_LEN);
+                let mut h = [0u8; HEADER_LEN];
+                h.copy_from_slice(header);
+                return Ok(Some(RawFrame { header: h, payload }));
+            }
+            let wanted = match pending.get(..4) {
+                Some(len) => {
+                    4 + u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize
+                        - pending.len()
+                }
+                None => 4 - pending.len(),
+            };
+            if self.pos > 0 {
+                self.buf.drain(..self.pos);
+                self.pos = 0;
+            }
+            self.buf.reserve(wanted.clamp(MIN_READ, MAX_READ));
+            let n = self.inner.read_buf(&mut self.buf).await?;
+            if n == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(ProtocolError::Truncated)
+                };
+            }
+        }
+    }
+
+    /// Gives back the stream.
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+}
+
+/// Receives and opens sealed frames.
+pub struct SealedReader<R> {
+    frames: FrameReader<R>,
+    opener: Opener,
+}
+
+impl<R: AsyncRead + Unpin> SealedReader<R> {
+    /// Wraps a frame reader whose handshake has completed.
+    pub fn new(frames: FrameReader<R>, opener: Opener) -> Self {
+        Self { frames, opener }
+    }
+
+    /// The next opened frame as (kind, plaintext); `Ok(None)` on end of stream between frames.
+    pub async fn next(&mut self) -> Result<Option<(u8, &mut [u8])>, ProtocolError> {
+        let Some(frame) = self.frames.next(MAX_FRAME_LEN).await? else {
+            return Ok(None);
+        };
+        let kind = frame.kind();
+        let plain_len = self.opener.open(frame.header, frame.payload)?.len();
+        Ok(Some((kind, &mut frame.payload[..plain_len])))
+    }
+
+    /// The next message from the agent; `Ok(None)` on end of stream.
+    pub async fn next_server_msg(&mut self) -> Result<Option<ServerMsg<'_>>, ProtocolError> {
+        match self.next().await? {
+            Some((kind, body)) => ServerMsg::decode(kind, body).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The next message from the client; `Ok(None)` on end of stream.
+    pub async fn next_client_msg(&mut self) -> Result<Option<ClientMsg<'_>>, ProtocolError> {
+        match self.next().await? {
+            Some((kind, body)) => ClientMsg::decode(kind, body).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Test hook: see [`Opener::set_counter_for_test`].
+    #[doc(hidden)]
+    pub fn set_counter_for_test(&mut self, counter: u64) {
+        self.opener.set_counter_for_test(counter);
+    }
+}
+
+/// Seals and sends frames, one write per frame.
+pub struct SealedWriter<W> {
+    inner: W,
+    sealer: Sealer,
+    buf: Vec<u8>,
+}
+
+impl<W: AsyncWrite + Unpin> SealedWriter<W> {
+    /// Wraps a stream whose handshake has completed.
+    pub fn new(inner: W, sealer: Sealer) -> Self {
+        Self {
+            inner,
+            sealer,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Seals and sends one message.
+    pub async fn send(&mut self, kind: u8, body: &[u8]) -> Result<(), ProtocolError> {
+        self.buf.clear();
+        self.sealer.seal(kind, body, &mut self.buf)?;
+        self.inner.write_all(&self.buf).await?;
+        Ok(())
+    }
+
+    /// Encodes, seals and sends a message to the agent.
+    pub async fn send_client(&mut self, msg: &ClientMsg<'_>) -> Result<(), ProtocolError> {
+        let mut body = Vec::new();
+        msg.encode(&mut body);
+        self.send(msg.kind(), &body).await
+    }
+
+    /// Encodes, seals and sends a message to the client.
+    pub async fn send_server(&mut self, msg: &ServerMsg<'_>) -> Result<(), ProtocolError> {
+        let mut body = Vec::new();
+        msg.encode(&mut body);
+        self.send(msg.kind(), &body).await
+    }
+
+    /// Sends a frame whose plaintext `fill` reads straight into the frame buffer: `fill` gets a
+    /// buffer holding the frame's header room and returns after appending at most `max` bytes.
+    /// Used by the agent to move pipe output onto the socket with no extra copy.
+    pub fn frame_buffer(&mut self) -> &mut Vec<u8> {
+        self.buf.clear();
+        self.buf.extend_from_slice(&[0; HEADER_LEN]);
+        &mut self.buf
+    }
+
+    /// Seals what was appended to [`Self::frame_buffer`] as a frame of `kind` and sends it.
+    pub async fn send_frame_buffer(&mut self, kind: u8) -> Result<(), ProtocolError> {
+        self.sealer.seal_in_place(kind, &mut self.buf, 0)?;
+        self.inner.write_all(&self.buf).await?;
+        Ok(())
+    }
+
+    /// Flushes and shuts down the write side, so the peer sees a clean end of stream.
+    pub async fn shutdown(&mut self) -> Result<(), ProtocolError> {
+        self.inner.shutdown().await?;
+        Ok(())
+    }
+
+    /// Test hook: see [`Sealer::set_counter_for_test`].
+    #[doc(hidden)]
+    pub fn set_counter_for_test(&mut self, counter: u64) {
+        self.sealer.set_counter_for_test(counter);
+    }
+}
+
+/// Runs the client side of the handshake; returns the sealed halves once the agent has proved
+/// it holds the key.
+pub async fn client_handshake<R, W>(
+    read: R,
+    mut write: W,
+    key_id: &str,
+    secret: Secret,
+) -> Result<(SealedReader<R>, SealedWriter<W>), ProtocolError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut frames = FrameReader::new(read);
+    let hello = frames
+        .next(MAX_HANDSHAKE_FRAME_LEN)
+        .await?
+        .ok_or(ProtocolError::Truncated)?;
+    let (reply, await_proof) =
+        ClientHandshake::new(key_id, secret).receive_server_hello(hello.as_frame())?;
+    write.write_all(&reply).await?;
+    let proof = frames
+        .next(MAX_HANDSHAKE_FRAME_LEN)
+        .await?
+        .ok_or(ProtocolError::Truncated)?;
+    let Session { sealer, opener } = await_proof.receive_server_proof(proof.as_frame())?;
+    Ok((
+        SealedReader::new(frames, opener),
+        SealedWriter::new(write, sealer),
+    ))
+}
