@@ -1,1 +1,163 @@
-fn main() {}
+//! `agent`: the daemon that authenticates clients with a pre-shared key and runs their
+//! commands. See `agent --help` and docs/protocol.md.
+
+mod audit;
+mod connection;
+mod exec;
+mod server;
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::builder::TypedValueParser;
+use clap::Parser;
+use rexec_shared::keyfile::KeyRing;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::server::{Config, KeyStore};
+
+/// Remote command-execution agent.
+///
+/// Listens on TCP, proves to each client (and has each client prove) that both hold a key from
+/// the key file, then runs the client's command as `sh -c COMMAND` in its own process group and
+/// streams its output back over an encrypted, authenticated channel.
+///
+/// Once it accepts connections it writes a line containing `listening` and the bound address
+/// to stderr. SIGTERM or SIGINT stops it: running commands are terminated and it exits 0.
+/// SIGHUP re-reads the key file without touching running commands.
+///
+/// Example:
+///   ctl keygen -o /etc/rexec/keys && agent --key-file /etc/rexec/keys --listen 0.0.0.0:50007
+///
+/// Exit status: 0 after a clean stop; 1 if the key file is unusable or the address cannot be
+/// bound; 2 for a usage error.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about, max_term_width = 100)]
+struct Cli {
+    /// Key file: lines of `<key-id> <64 hex digits>`; must not be readable by group or others.
+    #[arg(long, value_name = "PATH")]
+    key_file: PathBuf,
+
+    /// Address and port to listen on (`127.0.0.1:0` picks a free port).
+    #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:50007")]
+    listen: SocketAddr,
+
+    /// Most connections held at once; more wait in the kernel's backlog.
+    #[arg(long, value_name = "N", default_value_t = Config::default().max_connections,
+          value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
+    max_connections: usize,
+
+    /// Most connections still authenticating; the oldest is dropped to admit a new one.
+    #[arg(long, value_name = "N", default_value_t = Config::default().max_unauthenticated,
+          value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
+    max_unauthenticated: usize,
+
+    /// Most connections still authenticating from one IP address (default: no limit).
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
+    max_unauthenticated_per_source: Option<usize>,
+
+    /// Seconds a client has to authenticate and send its request.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
+    handshake_timeout: Duration,
+
+    /// Seconds between SIGTERM and SIGKILL when a command's process group is killed.
+    #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_secs)]
+    kill_grace: Duration,
+}
+
+fn parse_secs(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text.parse().map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if !(secs > 0.0 && secs <= 86_400.0 * 365.0) {
+        return Err(format!("{text} is out of range (more than 0, at most a year)"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("agent: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("agent: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let keys = KeyRing::load(&cli.key_file)?;
+    let config = Config {
+        max_connections: cli.max_connections,
+        max_unauthenticated: cli.max_unauthenticated.min(cli.max_connections),
+        max_unauthenticated_per_source: cli.max_unauthenticated_per_source,
+        handshake_timeout: cli.handshake_timeout,
+        kill_grace: cli.kill_grace,
+        ..Config::default()
+    };
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
+    let listener = TcpListener::bind(cli.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cli.listen))?;
+    let addr = listener.local_addr().context("cannot read the bound address")?;
+    tracing::info!(
+        keys = keys.len(),
+        key_file = %cli.key_file.display(),
+        "agent {} listening on {addr}",
+        env!("CARGO_PKG_VERSION")
+    );
+    let shutdown = async {
+        tokio::select! {
+            _ = sigterm.recv() => tracing::info!("received SIGTERM"),
+            _ = sigint.recv() => tracing::info!("received SIGINT"),
+        }
+    };
+    let store = Arc::new(KeyStore::new(keys));
+    let reloader = store.clone();
+    let key_file = cli.key_file.clone();
+    tokio::spawn(async move {
+        while sighup.recv().await.is_some() {
+            reload(&reloader, &key_file);
+        }
+    });
+    server::run(listener, store, config, shutdown).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Re-reads the key file; a bad file is refused and the keys in force stay.
+fn reload(store: &KeyStore, path: &std::path::Path) {
+    match KeyRing::load(path) {
+        Ok(ring) => {
+            tracing::info!(keys = ring.len(), key_file = %path.display(), "reloaded the key file on SIGHUP");
+            store.replace(ring);
+        }
+        Err(e) => tracing::error!("key file reload refused, keeping the keys in force: {e}"),
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(filter)
+        .init();
+}

@@ -184,19 +184,12 @@ impl<W: AsyncWrite + Unpin> SealedWriter<W> {
         self.send(msg.kind(), &body).await
     }
 
-    /// Sends a frame whose plaintext `fill` reads straight into the frame buffer: `fill` gets a
-    /// buffer holding the frame's header room and returns after appending at most `max` bytes.
-    /// Used by the agent to move pipe output onto the socket with no extra copy.
-    pub fn frame_buffer(&mut self) -> &mut Vec<u8> {
-        self.buf.clear();
-        self.buf.extend_from_slice(&[0; HEADER_LEN]);
-        &mut self.buf
-    }
-
-    /// Seals what was appended to [`Self::frame_buffer`] as a frame of `kind` and sends it.
-    pub async fn send_frame_buffer(&mut self, kind: u8) -> Result<(), ProtocolError> {
-        self.sealer.seal_in_place(kind, &mut self.buf, 0)?;
-        self.inner.write_all(&self.buf).await?;
+    /// Seals `buf` in place and sends it: `buf` holds [`HEADER_LEN`] placeholder bytes followed
+    /// by the plaintext. The agent reads pipe output straight into such a buffer, so output
+    /// reaches the socket with no copy of its own.
+    pub async fn send_in_place(&mut self, kind: u8, buf: &mut Vec<u8>) -> Result<(), ProtocolError> {
+        self.sealer.seal_in_place(kind, buf, 0)?;
+        self.inner.write_all(buf).await?;
         Ok(())
     }
 

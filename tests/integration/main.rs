@@ -1,1 +1,5 @@
+//! Integration tests: the real `agent` and `ctl` binaries on loopback.
 
+mod util;
+
+mod exec;

@@ -1,0 +1,48 @@
+//! The audit record: one log line per command when it ends.
+
+use std::net::SocketAddr;
+
+use crate::exec::{KillReason, Outcome};
+
+/// Logs the end of one command: peer, key id, command, status, duration, bytes sent.
+pub fn command(peer: SocketAddr, key_id: &str, command: &[u8], outcome: &Outcome) {
+    // Escaped so that a command with newlines or control characters stays on one line.
+    let command = String::from_utf8_lossy(command).escape_debug().to_string();
+    let status = describe(outcome);
+    let duration_ms = outcome.duration.as_millis() as u64;
+    tracing::info!(
+        target: "audit",
+        %peer,
+        key_id,
+        command,
+        status,
+        exit_code = outcome.status.and_then(|s| s.code),
+        signal = outcome.status.and_then(|s| s.signal),
+        timed_out = outcome.status.is_some_and(|s| s.timed_out),
+        duration_ms,
+        bytes_out = outcome.bytes_out,
+        "command finished"
+    );
+}
+
+fn describe(outcome: &Outcome) -> String {
+    let mut text = match outcome.status {
+        Some(s) if s.timed_out => format!("timed out (signal {})", s.signal.unwrap_or(0)),
+        Some(s) => match (s.code, s.signal) {
+            (Some(code), _) => format!("exit {code}"),
+            (None, Some(sig)) => format!("killed by signal {sig}"),
+            (None, None) => "unknown".into(),
+        },
+        None => "not run".into(),
+    };
+    match outcome.killed {
+        Some(KillReason::Cancel(sig)) => text.push_str(&format!(", cancelled by client (signal {sig})")),
+        Some(KillReason::ClientGone) => text.push_str(", client went away"),
+        Some(KillReason::Shutdown) => text.push_str(", agent shutting down"),
+        Some(KillReason::Timeout) | None => {}
+    }
+    if let Some(error) = &outcome.error {
+        text.push_str(&format!(", error: {error}"));
+    }
+    text
+}

@@ -1,0 +1,408 @@
+//! Runs one command for an authenticated client: `sh -c` in its own process group, output
+//! streamed back with backpressure, stdin forwarded, and the group killed when it must be.
+
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rexec_shared::frame::HEADER_LEN;
+use rexec_shared::message::{kind, ClientMsg, ExecRequest, ExitStatus, ServerMsg};
+use rexec_shared::transport::{SealedReader, SealedWriter};
+use rexec_shared::ProtocolError;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Bytes read from a pipe per frame.
+const CHUNK: usize = 256 * 1024;
+/// After the command exits, stop draining its pipes once they stay quiet this long...
+const DRAIN_IDLE: Duration = Duration::from_millis(100);
+/// ...or once this much time in all was spent waiting on them (time spent sending to a slow
+/// client does not count, so output the command wrote before it exited is never cut).
+const DRAIN_BUDGET: Duration = Duration::from_secs(2);
+/// How often a stalled stdin write checks whether the client is still there.
+const LIVENESS_PROBE: Duration = Duration::from_secs(1);
+
+/// Why the agent decided to end a command's process group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KillReason {
+    /// The request's timeout ran out.
+    Timeout,
+    /// The client asked, forwarding this signal.
+    Cancel(i32),
+    /// The client went away or broke the protocol.
+    ClientGone,
+    /// The agent is shutting down.
+    Shutdown,
+}
+
+/// How one exec ended, for the audit log.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The command's status, if it was started and reaped.
+    pub status: Option<ExitStatus>,
+    /// An error that kept the command from running, or ended the exchange early.
+    pub error: Option<String>,
+    /// Why the agent killed the group, if it did.
+    pub killed: Option<KillReason>,
+    /// Stdout and stderr bytes sent to the client.
+    pub bytes_out: u64,
+    /// Time from the start of the command until its status was reported.
+    pub duration: Duration,
+}
+
+/// Settings and signals an exec needs from the server.
+pub struct ExecContext {
+    /// Time between SIGTERM and SIGKILL when a group is killed.
+    pub kill_grace: Duration,
+    /// Becomes true when the agent shuts down.
+    pub shutdown: watch::Receiver<bool>,
+    /// Tells whether the client's socket is closed even while it is not being read.
+    pub peer_closed: Box<dyn Fn() -> bool + Send + Sync>,
+}
+
+enum ClientEvent {
+    Cancel(i32),
+    Gone(String),
+}
+
+/// Runs `req` and streams its output to the client; returns when the exchange is over.
+pub async fn run<R, W>(
+    req: ExecRequest,
+    reader: SealedReader<R>,
+    mut writer: SealedWriter<W>,
+    ctx: ExecContext,
+) -> Outcome
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin,
+{
+    let started = Instant::now();
+    let mut outcome = Outcome { status: None, error: None, killed: None, bytes_out: 0, duration: Duration::ZERO };
+    let mut child = match spawn(&req) {
+        Ok(child) => child,
+        Err(text) => {
+            let _ = writer.send_server(&ServerMsg::Error(text.clone())).await;
+            let _ = writer.shutdown().await;
+            outcome.error = Some(text);
+            return outcome;
+        }
+    };
+    let Some(pgid) = child.id().and_then(|id| i32::try_from(id).ok()) else {
+        outcome.error = Some("child exited before its id was read".into());
+        return outcome;
+    };
+    let (events_tx, events_rx) = mpsc::channel(4);
+    let reader_task = tokio::spawn(forward_client(
+        reader,
+        child.stdin.take(),
+        events_tx.clone(),
+        ctx.peer_closed,
+    ));
+    let why = Arc::new(Mutex::new(None));
+    let (exited_tx, exited_rx) = oneshot::channel();
+    let deadline = req.timeout_ms.map(|ms| started + Duration::from_millis(ms));
+    let watchdog = tokio::spawn(watchdog(
+        pgid,
+        deadline,
+        events_rx,
+        ctx.shutdown,
+        exited_rx,
+        ctx.kill_grace,
+        why.clone(),
+    ));
+
+    let mut pump = Pump {
+        stdout: child.stdout.take(),
+        stderr: child.stderr.take(),
+        out_buf: Vec::with_capacity(HEADER_LEN + CHUNK + 16),
+        err_buf: Vec::with_capacity(HEADER_LEN + CHUNK + 16),
+        sending: true,
+        bytes_out: 0,
+    };
+    let status = pump.run(&mut child, &mut writer, exited_tx, &events_tx).await;
+    outcome.bytes_out = pump.bytes_out;
+    reader_task.abort();
+    outcome.killed = *why.lock().unwrap_or_else(|e| e.into_inner());
+    match status {
+        Ok(status) => {
+            let status = ExitStatus {
+                code: status.code(),
+                signal: status.signal(),
+                timed_out: outcome.killed == Some(KillReason::Timeout),
+            };
+            outcome.status = Some(status);
+            if pump.sending {
+                let sent = writer.send_server(&ServerMsg::Exit(status)).await;
+                if let Err(e) = sent.and(writer.shutdown().await) {
+                    outcome.error = Some(format!("could not send the exit status: {e}"));
+                }
+            }
+        }
+        Err(e) => outcome.error = Some(format!("could not wait for the command: {e}")),
+    }
+    outcome.duration = started.elapsed();
+    if !pump.sending && outcome.error.is_none() {
+        outcome.error = Some("client went away before the command ended".into());
+    }
+    let _ = watchdog.await;
+    outcome
+}
+
+/// Moves output from the command's pipes to the client until the command has exited and its
+/// pipes are drained.
+struct Pump {
+    stdout: Option<tokio::process::ChildStdout>,
+    stderr: Option<tokio::process::ChildStderr>,
+    out_buf: Vec<u8>,
+    err_buf: Vec<u8>,
+    /// False once the client is gone: output is then read and dropped.
+    sending: bool,
+    bytes_out: u64,
+}
+
+enum PumpEvent {
+    Exited(io::Result<std::process::ExitStatus>),
+    Stdout(io::Result<usize>),
+    Stderr(io::Result<usize>),
+    Quiet,
+}
+
+impl Pump {
+    async fn run<W: AsyncWrite + Unpin>(
+        &mut self,
+        child: &mut Child,
+        writer: &mut SealedWriter<W>,
+        exited_tx: oneshot::Sender<()>,
+        events: &mpsc::Sender<ClientEvent>,
+    ) -> io::Result<std::process::ExitStatus> {
+        let mut exited_tx = Some(exited_tx);
+        let mut status = None;
+        let mut drain_left = DRAIN_BUDGET;
+        loop {
+            if status.is_some() && self.stdout.is_none() && self.stderr.is_none() {
+                break;
+            }
+            let quiet = status.is_some().then(|| drain_left.min(DRAIN_IDLE));
+            prepare(&mut self.out_buf);
+            prepare(&mut self.err_buf);
+            let waiting_since = Instant::now();
+            let event = tokio::select! {
+                s = child.wait(), if status.is_none() => PumpEvent::Exited(s),
+                n = read_some(&mut self.stdout, &mut self.out_buf) => PumpEvent::Stdout(n),
+                n = read_some(&mut self.stderr, &mut self.err_buf) => PumpEvent::Stderr(n),
+                () = tokio::time::sleep(quiet.unwrap_or_default()), if quiet.is_some() => PumpEvent::Quiet,
+            };
+            if status.is_some() {
+                drain_left = drain_left.saturating_sub(waiting_since.elapsed());
+            }
+            match event {
+                PumpEvent::Exited(s) => {
+                    status = Some(s?);
+                    if let Some(tx) = exited_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                PumpEvent::Stdout(n) => {
+                    if self.forward(n, kind::STDOUT, writer, events).await {
+                        self.stdout = None;
+                    }
+                }
+                PumpEvent::Stderr(n) => {
+                    if self.forward(n, kind::STDERR, writer, events).await {
+                        self.stderr = None;
+                    }
+                }
+                PumpEvent::Quiet => break,
+            }
+            if status.is_some() && drain_left.is_zero() {
+                break;
+            }
+        }
+        // Exited is always set before the loop can break.
+        status.ok_or_else(|| io::Error::other("command status lost"))
+    }
+
+    /// Sends what a read produced; returns true when that pipe is finished.
+    async fn forward<W: AsyncWrite + Unpin>(
+        &mut self,
+        read: io::Result<usize>,
+        kind: u8,
+        writer: &mut SealedWriter<W>,
+        events: &mpsc::Sender<ClientEvent>,
+    ) -> bool {
+        let n = match read {
+            Ok(0) | Err(_) => return true,
+            Ok(n) => n,
+        };
+        if self.sending {
+            let buf = if kind == kind::STDOUT { &mut self.out_buf } else { &mut self.err_buf };
+            match writer.send_in_place(kind, buf).await {
+                Ok(()) => self.bytes_out += n as u64,
+                Err(e) => {
+                    self.sending = false;
+                    let _ = events.try_send(ClientEvent::Gone(format!("sending output failed: {e}")));
+                }
+            }
+        }
+        false
+    }
+}
+
+/// Resets a frame buffer to header room plus space for one chunk.
+fn prepare(buf: &mut Vec<u8>) {
+    buf.clear();
+    buf.resize(HEADER_LEN, 0);
+    buf.reserve(CHUNK);
+}
+
+/// Reads once from an open pipe into `buf`'s spare room; never resolves for a closed one.
+async fn read_some<P: AsyncRead + Unpin>(pipe: &mut Option<P>, buf: &mut Vec<u8>) -> io::Result<usize> {
+    match pipe {
+        Some(pipe) => pipe.read_buf(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn spawn(req: &ExecRequest) -> Result<Child, String> {
+    let command = std::ffi::OsStr::from_bytes(&req.command);
+    if req.command.contains(&0) {
+        return Err("command contains a NUL byte".into());
+    }
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(command);
+    for (key, value) in &req.env {
+        if key.is_empty() || key.contains(&b'=') || key.contains(&0) || value.contains(&0) {
+            return Err(format!(
+                "invalid environment variable name {:?}: must be non-empty, without '=' or NUL",
+                String::from_utf8_lossy(key)
+            ));
+        }
+        cmd.env(std::ffi::OsStr::from_bytes(key), std::ffi::OsStr::from_bytes(value));
+    }
+    if let Some(cwd) = &req.cwd {
+        let dir = std::path::Path::new(std::ffi::OsStr::from_bytes(cwd));
+        match std::fs::metadata(dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Err(format!("cannot change to {}: not a directory", dir.display())),
+            Err(e) => return Err(format!("cannot change to {}: {e}", dir.display())),
+        }
+        cmd.current_dir(dir);
+    }
+    cmd.stdin(if req.stdin { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    cmd.spawn().map_err(|e| format!("cannot start sh: {e}"))
+}
+
+/// Reads the client's messages while the command runs: stdin goes to the command, a cancel or
+/// the client's departure goes to the watchdog.
+async fn forward_client<R: AsyncRead + Unpin>(
+    mut reader: SealedReader<R>,
+    mut stdin: Option<ChildStdin>,
+    events: mpsc::Sender<ClientEvent>,
+    peer_closed: Box<dyn Fn() -> bool + Send + Sync>,
+) {
+    let gone = loop {
+        let msg = match reader.next_client_msg().await {
+            Ok(Some(msg)) => msg,
+            Ok(None) => break "client closed the connection".to_owned(),
+            Err(e @ ProtocolError::Integrity) => break format!("{e}"),
+            Err(e) => break format!("client connection failed: {e}"),
+        };
+        match msg {
+            ClientMsg::Stdin(data) => {
+                let Some(pipe) = stdin.as_mut() else { continue };
+                // A command that does not read its stdin stalls this write; meanwhile nothing
+                // else is read from the socket, so check now and then that the client is there.
+                let write = pipe.write_all(data);
+                tokio::pin!(write);
+                let mut probe = tokio::time::interval(LIVENESS_PROBE);
+                probe.tick().await;
+                let written = loop {
+                    tokio::select! {
+                        r = &mut write => break r.is_ok(),
+                        _ = probe.tick() => if peer_closed() {
+                            let _ = events.send(ClientEvent::Gone("client closed the connection".into())).await;
+                            return;
+                        },
+                    }
+                };
+                if !written {
+                    // The command closed its stdin; further input has nowhere to go.
+                    stdin = None;
+                }
+            }
+            ClientMsg::StdinEof => stdin = None,
+            ClientMsg::Cancel { signal } => {
+                let _ = events.send(ClientEvent::Cancel(i32::from(signal))).await;
+            }
+            ClientMsg::Exec(_) | ClientMsg::Ping => {
+                break "client sent a second request on one connection".to_owned();
+            }
+        }
+    };
+    let _ = events.send(ClientEvent::Gone(gone)).await;
+}
+
+/// Kills the process group when the timeout runs out, the client cancels or leaves, or the
+/// agent shuts down; does nothing if the command exits by itself first, so background children
+/// it started on purpose keep running.
+async fn watchdog(
+    pgid: i32,
+    deadline: Option<Instant>,
+    mut events: mpsc::Receiver<ClientEvent>,
+    mut shutdown: watch::Receiver<bool>,
+    mut exited: oneshot::Receiver<()>,
+    grace: Duration,
+    why: Arc<Mutex<Option<KillReason>>>,
+) {
+    let sleep_until = async {
+        match deadline {
+            Some(at) => tokio::time::sleep_until(at.into()).await,
+            None => std::future::pending().await,
+        }
+    };
+    let (reason, signal) = tokio::select! {
+        biased;
+        _ = &mut exited => return,
+        () = sleep_until => (KillReason::Timeout, libc::SIGTERM),
+        event = events.recv() => match event {
+            Some(ClientEvent::Cancel(sig)) if (1..=64).contains(&sig) => (KillReason::Cancel(sig), sig),
+            Some(ClientEvent::Cancel(_)) => (KillReason::Cancel(libc::SIGTERM), libc::SIGTERM),
+            Some(ClientEvent::Gone(text)) => {
+                tracing::debug!(pgid, "{text}");
+                (KillReason::ClientGone, libc::SIGTERM)
+            }
+            None => (KillReason::ClientGone, libc::SIGTERM),
+        },
+        _ = shutdown.wait_for(|stop| *stop) => (KillReason::Shutdown, libc::SIGTERM),
+    };
+    *why.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+    kill_group(pgid, signal);
+    let end = Instant::now() + grace;
+    while Instant::now() < end {
+        if !group_exists(pgid) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    kill_group(pgid, libc::SIGKILL);
+}
+
+fn kill_group(pgid: i32, signal: i32) {
+    // SAFETY: killpg has no memory-safety preconditions; a vanished group only yields ESRCH.
+    unsafe {
+        libc::killpg(pgid, signal);
+    }
+}
+
+fn group_exists(pgid: i32) -> bool {
+    // SAFETY: as above; signal 0 only checks that the group exists.
+    let rc = unsafe { libc::killpg(pgid, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}

@@ -1,0 +1,329 @@
+//! Talking to one agent: connect and authenticate within a deadline, then run a command or a
+//! ping. Output goes to an [`Output`], so single-target, fleet and JSON modes share this code.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use rexec_shared::keyfile::KeyEntry;
+use rexec_shared::message::{ClientMsg, ExecRequest, ExitStatus, ServerMsg};
+use rexec_shared::transport::{client_handshake, SealedReader, SealedWriter};
+use rexec_shared::ProtocolError;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+
+use crate::target::Target;
+
+/// How long ctl waits past `--timeout` for the agent's own timeout report before giving up.
+const LOCAL_TIMEOUT_SLACK: Duration = Duration::from_secs(5);
+
+/// Where a command's output goes.
+pub trait Output {
+    /// Bytes the command wrote to stdout.
+    fn stdout(&mut self, data: &[u8]) -> io::Result<()>;
+    /// Bytes the command wrote to stderr.
+    fn stderr(&mut self, data: &[u8]) -> io::Result<()>;
+}
+
+/// Why a target did not deliver a complete, authenticated result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// Could not resolve, reach or connect in time.
+    Connect(String),
+    /// The handshake failed: wrong key, not an agent, refused.
+    Auth(String),
+    /// The stream was cut, altered, or the agent misbehaved after authenticating.
+    Stream(String),
+    /// The agent could not carry out the request (bad directory, cannot start the shell).
+    Agent(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Connect(t) | Self::Auth(t) | Self::Stream(t) | Self::Agent(t) => f.write_str(t),
+        }
+    }
+}
+
+/// The result of one exec on one target.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The command's status, when the agent reported one.
+    pub status: Option<ExitStatus>,
+    /// Why no status was reported, if it was not.
+    pub failure: Option<Failure>,
+    /// Set when ctl gave up waiting past `--timeout` (agent unresponsive).
+    pub local_timeout: bool,
+    /// Wall time from the start of the connection.
+    pub duration: Duration,
+}
+
+impl Outcome {
+    /// ctl's exit status for this outcome, as the contract defines it.
+    pub fn exit_code(&self) -> u8 {
+        if self.failure.is_some() {
+            return 255;
+        }
+        if self.local_timeout {
+            return 124;
+        }
+        match self.status {
+            Some(s) if s.timed_out => 124,
+            Some(ExitStatus { code: Some(code), .. }) => (code & 0xff) as u8,
+            Some(ExitStatus { signal: Some(sig), .. }) => (128 + sig).clamp(0, 255) as u8,
+            _ => 255,
+        }
+    }
+}
+
+/// An authenticated connection.
+pub struct Connection {
+    reader: SealedReader<OwnedReadHalf>,
+    writer: SealedWriter<OwnedWriteHalf>,
+}
+
+/// Resolves `target`, connects and authenticates, all within `timeout`.
+pub async fn connect(target: &Target, key: &KeyEntry, timeout: Duration) -> Result<Connection, Failure> {
+    let deadline = Instant::now() + timeout;
+    let stream = tokio::time::timeout_at(deadline.into(), tcp_connect(target))
+        .await
+        .map_err(|_| Failure::Connect(format!("timed out connecting after {}", secs(timeout))))??;
+    let (read, write) = stream.into_split();
+    let handshake = client_handshake(read, write, &key.id, key.secret.clone());
+    match tokio::time::timeout_at(deadline.into(), handshake).await {
+        Err(_) => Err(Failure::Auth(format!("timed out authenticating after {}", secs(timeout)))),
+        Ok(Err(e)) => Err(handshake_failure(e, &key.id)),
+        Ok(Ok((reader, writer))) => Ok(Connection { reader, writer }),
+    }
+}
+
+async fn tcp_connect(target: &Target) -> Result<TcpStream, Failure> {
+    let addrs: Vec<_> = tokio::net::lookup_host(target.socket_spec())
+        .await
+        .map_err(|e| Failure::Connect(format!("cannot resolve {}: {e}", target.host)))?
+        .collect();
+    let mut last = None;
+    for addr in &addrs {
+        match TcpStream::connect(addr).await {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                return Ok(stream);
+            }
+            Err(e) => last = Some((addr, e)),
+        }
+    }
+    Err(Failure::Connect(match last {
+        Some((addr, e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            format!("connection refused by {addr} (is the agent running and listening there?)")
+        }
+        Some((addr, e)) => format!("cannot connect to {addr}: {e}"),
+        None => format!("{} resolved to no address", target.host),
+    }))
+}
+
+fn handshake_failure(e: ProtocolError, key_id: &str) -> Failure {
+    match e {
+        ProtocolError::AuthFailed => Failure::Auth(format!(
+            "authentication failed: the agent does not accept key id {key_id:?} with this secret"
+        )),
+        ProtocolError::BadServerProof => Failure::Auth(
+            "authentication failed: the agent could not prove it holds the key (wrong key file, or not the intended agent)"
+                .into(),
+        ),
+        ProtocolError::Refused(text) => Failure::Auth(format!("agent refused the connection: {text}")),
+        ProtocolError::Truncated => Failure::Auth("connection closed during the handshake".into()),
+        ProtocolError::Io(e) => Failure::Auth(format!("connection failed during the handshake: {e}")),
+        other => Failure::Auth(format!("handshake failed: {other}")),
+    }
+}
+
+fn stream_failure(e: ProtocolError) -> Failure {
+    match e {
+        ProtocolError::Integrity => Failure::Stream(
+            "integrity check failed: the stream from the agent was altered, reordered or replayed".into(),
+        ),
+        ProtocolError::Truncated => {
+            Failure::Stream("stream truncated: connection closed in the middle of a frame".into())
+        }
+        ProtocolError::Io(e) => Failure::Stream(format!("connection lost: {e}")),
+        other => Failure::Stream(format!("protocol error from the agent: {other}")),
+    }
+}
+
+fn secs(d: Duration) -> String {
+    format!("{}s", d.as_secs_f64())
+}
+
+/// Stdin bytes for a command: chunks, then the end of the channel as end of input.
+pub type StdinChunks = mpsc::Receiver<Vec<u8>>;
+
+/// Runs `req` on `target`: connects, streams output to `out`, forwards `stdin` (when
+/// `req.stdin`), and forwards a signal from `cancel` as a remote cancel.
+pub async fn exec<O: Output>(
+    target: &Target,
+    key: &KeyEntry,
+    req: ExecRequest,
+    connect_timeout: Duration,
+    stdin: Option<StdinChunks>,
+    cancel: watch::Receiver<Option<i32>>,
+    out: &mut O,
+) -> Outcome {
+    let started = Instant::now();
+    let local_deadline = req.timeout_ms.map(|ms| started + Duration::from_millis(ms) + LOCAL_TIMEOUT_SLACK);
+    let result = async {
+        let conn = connect(target, key, connect_timeout).await?;
+        run_exec(conn, req, stdin, cancel, local_deadline, out).await
+    }
+    .await;
+    let mut outcome = Outcome { status: None, failure: None, local_timeout: false, duration: started.elapsed() };
+    match result {
+        Ok(Some(status)) => outcome.status = Some(status),
+        Ok(None) => outcome.local_timeout = true,
+        Err(failure) => outcome.failure = Some(failure),
+    }
+    outcome
+}
+
+/// The exchange after authentication; `Ok(None)` if ctl's own deadline ran out first.
+async fn run_exec<O: Output>(
+    conn: Connection,
+    req: ExecRequest,
+    stdin: Option<StdinChunks>,
+    mut cancel: watch::Receiver<Option<i32>>,
+    local_deadline: Option<Instant>,
+    out: &mut O,
+) -> Result<Option<ExitStatus>, Failure> {
+    let Connection { mut reader, mut writer } = conn;
+    let wants_stdin = req.stdin;
+    writer
+        .send_client(&ClientMsg::Exec(req))
+        .await
+        .map_err(|e| Failure::Stream(format!("sending the command failed: {e}")))?;
+
+    // Cancels come from the user's signal, or from a closed stdout (as SIGPIPE would).
+    let (cancel_tx, cancel_rx) = mpsc::channel::<i32>(2);
+    let forward_signal = {
+        let cancel_tx = cancel_tx.clone();
+        async move {
+            let sig = cancel.wait_for(Option::is_some).await.ok().and_then(|sig| *sig);
+            if let Some(sig) = sig {
+                let _ = cancel_tx.send(sig).await;
+            }
+        }
+    };
+    let sender = tokio::spawn(send_input(writer, stdin.filter(|_| wants_stdin), cancel_rx));
+    let signal_task = tokio::spawn(forward_signal);
+
+    let mut stdout_open = true;
+    let result = loop {
+        let next = tokio::select! {
+            msg = reader.next_server_msg() => msg,
+            () = sleep_until(local_deadline) => break Ok(None),
+        };
+        match next {
+            Ok(Some(ServerMsg::Stdout(data))) => {
+                if stdout_open {
+                    if let Err(e) = out.stdout(data) {
+                        // Like a local pipeline: a closed stdout ends the command with SIGPIPE.
+                        stdout_open = false;
+                        if e.kind() == io::ErrorKind::BrokenPipe {
+                            let _ = cancel_tx.try_send(libc::SIGPIPE);
+                        } else {
+                            let _ = cancel_tx.try_send(libc::SIGTERM);
+                        }
+                    }
+                }
+            }
+            Ok(Some(ServerMsg::Stderr(data))) => {
+                let _ = out.stderr(data);
+            }
+            Ok(Some(ServerMsg::Exit(status))) => break Ok(Some(status)),
+            Ok(Some(ServerMsg::Error(text))) => break Err(Failure::Agent(format!("agent could not run the command: {text}"))),
+            Ok(Some(ServerMsg::Pong { .. })) => {
+                break Err(Failure::Stream("protocol error: agent answered a ping to an exec".into()))
+            }
+            Ok(None) => {
+                break Err(Failure::Stream(
+                    "stream truncated: connection closed before the command's exit status arrived".into(),
+                ))
+            }
+            Err(e) => break Err(stream_failure(e)),
+        }
+    };
+    sender.abort();
+    signal_task.abort();
+    result
+}
+
+/// Sends stdin chunks and cancels; a cancel goes ahead of any stdin still waiting.
+async fn send_input(
+    mut writer: SealedWriter<OwnedWriteHalf>,
+    mut stdin: Option<StdinChunks>,
+    mut cancel: mpsc::Receiver<i32>,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            sig = cancel.recv() => match sig {
+                Some(sig) => {
+                    let signal = u8::try_from(sig).unwrap_or(libc::SIGTERM as u8);
+                    if writer.send_client(&ClientMsg::Cancel { signal }).await.is_err() {
+                        return;
+                    }
+                }
+                None => std::future::pending::<()>().await,
+            },
+            chunk = recv_opt(&mut stdin) => {
+                let sent = match &chunk {
+                    Some(data) => writer.send_client(&ClientMsg::Stdin(data)).await,
+                    None => {
+                        stdin = None;
+                        writer.send_client(&ClientMsg::StdinEof).await
+                    }
+                };
+                if sent.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn recv_opt(rx: &mut Option<StdinChunks>) -> Option<Vec<u8>> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A successful ping: round trip of the ping itself, and the agent's version.
+pub struct Pong {
+    /// Time from sending the ping to its answer, after authentication.
+    pub rtt: Duration,
+    /// The agent's version text.
+    pub version: String,
+}
+
+/// Connects, authenticates and asks the agent for its version.
+pub async fn ping(target: &Target, key: &KeyEntry, timeout: Duration) -> Result<Pong, Failure> {
+    let Connection { mut reader, mut writer } = connect(target, key, timeout).await?;
+    let sent = Instant::now();
+    writer.send_client(&ClientMsg::Ping).await.map_err(stream_failure)?;
+    let answer = tokio::time::timeout(timeout, reader.next_server_msg())
+        .await
+        .map_err(|_| Failure::Stream(format!("no answer to the ping within {}", secs(timeout))))?;
+    match answer {
+        Ok(Some(ServerMsg::Pong { version })) => Ok(Pong { rtt: sent.elapsed(), version }),
+        Ok(Some(_)) => Err(Failure::Stream("protocol error: agent did not answer the ping with a pong".into())),
+        Ok(None) => Err(Failure::Stream("stream truncated: connection closed before the pong".into())),
+        Err(e) => Err(stream_failure(e)),
+    }
+}

@@ -1,0 +1,95 @@
+//! Targets as users write them: `host`, `host:port`, `ip:port`, `[ipv6]:port`.
+
+use std::fmt;
+
+/// One agent to talk to, with the spelling the user gave kept for output.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Target {
+    /// Exactly as written on the command line or in the hosts file.
+    pub spelling: String,
+    /// Host name or address, without brackets.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl Target {
+    /// Parses `text`, using `default_port` when it names none.
+    pub fn parse(text: &str, default_port: u16) -> Result<Self, String> {
+        let spelling = text.trim().to_owned();
+        let bad = |why: &str| format!("invalid target {spelling:?}: {why}");
+        if spelling.is_empty() {
+            return Err(bad("empty"));
+        }
+        let (host, port) = if let Some(rest) = spelling.strip_prefix('[') {
+            let (host, after) = rest.split_once(']').ok_or_else(|| bad("missing ']'"))?;
+            match after {
+                "" => (host, None),
+                _ => (host, Some(after.strip_prefix(':').ok_or_else(|| bad("expected ':' after ']'"))?)),
+            }
+        } else if spelling.matches(':').count() > 1 {
+            // A bare IPv6 address: the port cannot be given without brackets.
+            (spelling.as_str(), None)
+        } else {
+            match spelling.split_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (spelling.as_str(), None),
+            }
+        };
+        if host.is_empty() {
+            return Err(bad("empty host"));
+        }
+        if host.chars().any(|c| c.is_whitespace() || c.is_control() || c == '/') {
+            return Err(bad("host contains a space, '/' or a control character"));
+        }
+        let port = match port {
+            None => default_port,
+            Some(p) => match p.parse::<u16>() {
+                Ok(port) if port != 0 => port,
+                _ => return Err(bad("port must be a number from 1 to 65535")),
+            },
+        };
+        let host = host.to_owned();
+        Ok(Self { spelling, host, port })
+    }
+
+    /// `host:port` in the form the resolver takes.
+    pub fn socket_spec(&self) -> (String, u16) {
+        (self.host.clone(), self.port)
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.spelling)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(text: &str) -> (String, u16) {
+        let t = Target::parse(text, 50007).unwrap();
+        assert_eq!(t.spelling, text);
+        (t.host, t.port)
+    }
+
+    #[test]
+    fn accepted_forms() {
+        assert_eq!(parsed("web1"), ("web1".into(), 50007));
+        assert_eq!(parsed("web1:2222"), ("web1".into(), 2222));
+        assert_eq!(parsed("10.0.0.1:1"), ("10.0.0.1".into(), 1));
+        assert_eq!(parsed("[::1]:9"), ("::1".into(), 9));
+        assert_eq!(parsed("[::1]"), ("::1".into(), 50007));
+        assert_eq!(parsed("fe80::1"), ("fe80::1".into(), 50007));
+    }
+
+    #[test]
+    fn rejected_forms_say_why() {
+        for bad in ["", ":22", "h:0", "h:x", "h:70000", "[::1", "[::1]x", "a b", "h/x"] {
+            let err = Target::parse(bad, 50007).unwrap_err();
+            assert!(err.contains("invalid target"), "{bad}: {err}");
+        }
+    }
+}

@@ -1,0 +1,387 @@
+//! Test harness: builds and finds the real binaries, starts agents on 127.0.0.1:0, runs ctl
+//! with a time bound, and prints everything useful when an assertion fails.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Default bound on one ctl run.
+pub const CTL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Path of a workspace binary (`agent` or `ctl`), built once per test process.
+///
+/// The tests live in their own package, so Cargo does not build the binaries for them; they are
+/// built here with the profile the tests were built with.
+pub fn bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test executable path");
+        let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps layout");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", "agent", "-p", "ctl"]);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build for the binaries");
+        assert!(status.success(), "cargo build -p agent -p ctl failed");
+        profile_dir.to_owned()
+    });
+    dir.join(name)
+}
+
+/// A scratch directory that is removed when dropped.
+pub fn scratch() -> tempfile::TempDir {
+    tempfile::tempdir().expect("create a temporary directory")
+}
+
+/// Writes a key file with mode 0600 holding `lines`, and returns its path.
+pub fn write_key_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write key file");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod key file");
+    path
+}
+
+/// A fresh key line `<id> <64 hex>`.
+pub fn key_line(id: &str) -> String {
+    let text = rexec_shared::keyfile::generate(id);
+    text.lines().find(|l| !l.starts_with('#')).expect("key line").to_owned() + "\n"
+}
+
+/// A running agent, stopped (by its pid) when dropped.
+pub struct Agent {
+    child: Option<Child>,
+    /// Address it is listening on.
+    pub addr: SocketAddr,
+    /// The key file it was started with (also usable by ctl).
+    pub key_file: PathBuf,
+    log: Arc<Mutex<String>>,
+    /// Keeps the key directory alive.
+    pub dir: tempfile::TempDir,
+}
+
+impl Agent {
+    /// An agent with a fresh key, on 127.0.0.1:0.
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// An agent with a fresh key and extra arguments.
+    pub fn start_with(args: &[&str]) -> Self {
+        let dir = scratch();
+        let key_file = write_key_file(dir.path(), "keys", &key_line("test"));
+        Self::start_in(dir, key_file, args)
+    }
+
+    /// An agent using `key_file` (inside `dir`) and extra arguments.
+    pub fn start_in(dir: tempfile::TempDir, key_file: PathBuf, args: &[&str]) -> Self {
+        let mut child = Command::new(bin("agent"))
+            .arg("--key-file")
+            .arg(&key_file)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn agent");
+        let stderr = child.stderr.take().expect("agent stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("listening") {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(line.clone());
+                    }
+                }
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let mut agent = Self { child: Some(child), addr: "0.0.0.0:0".parse().unwrap(), key_file, log, dir };
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(line) => agent.addr = parse_listening(&line),
+            Err(_) => panic!("agent did not print a listening line; log:\n{}", agent.log()),
+        }
+        agent
+    }
+
+    /// `127.0.0.1:PORT`, as a ctl target.
+    pub fn target(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// The agent's pid.
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).expect("agent running")
+    }
+
+    /// Everything the agent wrote to stderr so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the log contains `needle`, up to `timeout`; returns the log.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> String {
+        let end = Instant::now() + timeout;
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(Instant::now() < end, "agent log never contained {needle:?}; log:\n{log}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `signal` to the agent.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(self.pid(), signal) };
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the agent to exit; returns its status.
+    pub fn stop(mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        let mut child = self.child.take().expect("agent running");
+        wait_bounded(&mut child, Duration::from_secs(30)).unwrap_or_else(|| {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("agent did not exit within 30s of SIGTERM; log:\n{}", self.log())
+        })
+    }
+
+    /// Memory the agent holds right now (VmRSS), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.pid())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn parse_listening(line: &str) -> SocketAddr {
+    line.split_whitespace()
+        .filter_map(|word| word.trim_matches(|c: char| c == ',' || c == '"').parse().ok())
+        .last()
+        .unwrap_or_else(|| panic!("no ADDR:PORT in listening line {line:?}"))
+}
+
+/// VmRSS of process `pid` in KiB.
+pub fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits for `child` for at most `timeout`.
+pub fn wait_bounded(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() >= end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A finished ctl run.
+pub struct Run {
+    /// The command line, for failure messages.
+    pub cmdline: String,
+    /// Exit status.
+    pub status: ExitStatus,
+    /// Captured stdout.
+    pub stdout: Vec<u8>,
+    /// Captured stderr.
+    pub stderr: Vec<u8>,
+}
+
+impl Run {
+    /// Exit code (panics with the run's details if killed by a signal).
+    pub fn code(&self) -> i32 {
+        self.status.code().unwrap_or_else(|| panic!("ctl killed by a signal\n{self}"))
+    }
+
+    /// Stdout as text.
+    pub fn out(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// Stderr as text.
+    pub fn err(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+
+    /// Asserts the exit code, printing the run on failure.
+    #[track_caller]
+    pub fn expect_code(&self, code: i32) -> &Self {
+        assert_eq!(self.status.code(), Some(code), "unexpected exit status\n{self}");
+        self
+    }
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let clip = |b: &[u8]| {
+            let s = String::from_utf8_lossy(&b[..b.len().min(4000)]).into_owned();
+            if b.len() > 4000 { s + "...(cut)" } else { s }
+        };
+        write!(
+            f,
+            "command: {}\nstatus: {:?}\nstdout:\n{}\nstderr:\n{}",
+            self.cmdline,
+            self.status,
+            clip(&self.stdout),
+            clip(&self.stderr)
+        )
+    }
+}
+
+/// Builds a ctl invocation.
+pub struct Ctl {
+    cmd: Command,
+    stdin: Option<Vec<u8>>,
+    timeout: Duration,
+    cmdline: String,
+}
+
+/// `ctl ARGS...`, with `CTL_KEY_FILE` unset so only what the test passes counts.
+pub fn ctl<I, S>(args: I) -> Ctl
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let mut cmd = Command::new(bin("ctl"));
+    let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+    let cmdline = std::iter::once("ctl".to_owned())
+        .chain(args.iter().map(|a| a.to_string_lossy().into_owned()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    cmd.args(&args).env_remove("CTL_KEY_FILE").env_remove("CTL_PORT");
+    Ctl { cmd, stdin: None, timeout: CTL_TIMEOUT, cmdline }
+}
+
+/// `ctl exec --key-file KEY TARGET COMMAND` against `agent`.
+pub fn exec(agent: &Agent, command: &str) -> Ctl {
+    ctl(["exec".as_ref(), "--key-file".as_ref(), agent.key_file.as_os_str(), agent.target().as_ref(), command.as_ref()])
+}
+
+impl Ctl {
+    /// Feeds `bytes` to ctl's stdin (otherwise stdin is empty).
+    pub fn stdin(mut self, bytes: impl Into<Vec<u8>>) -> Self {
+        self.stdin = Some(bytes.into());
+        self
+    }
+
+    /// Sets an environment variable for ctl.
+    pub fn env(mut self, key: &str, value: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.cmd.env(key, value);
+        self
+    }
+
+    /// Bounds the run (default [`CTL_TIMEOUT`]).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Starts ctl with piped stdio and returns the child (the caller must stop it).
+    pub fn spawn(mut self) -> Child {
+        self.cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        self.cmd.spawn().expect("spawn ctl")
+    }
+
+    /// Runs ctl to completion within the time bound.
+    pub fn run(mut self) -> Run {
+        self.cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = self.cmd.spawn().expect("spawn ctl");
+        let mut stdin = child.stdin.take().expect("stdin");
+        let input = self.stdin.take().unwrap_or_default();
+        let feeder = std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+        let out = reader(child.stdout.take().expect("stdout"));
+        let err = reader(child.stderr.take().expect("stderr"));
+        let status = match wait_bounded(&mut child, self.timeout) {
+            Some(status) => status,
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{} did not finish within {:?}", self.cmdline, self.timeout);
+            }
+        };
+        let _ = feeder.join();
+        Run { cmdline: self.cmdline, status, stdout: out.join().unwrap(), stderr: err.join().unwrap() }
+    }
+}
+
+/// Reads a pipe to its end on a thread.
+pub fn reader(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = pipe.read_to_end(&mut buf);
+        buf
+    })
+}
+
+/// Pids of live processes whose command line contains `needle` (zombies excluded).
+pub fn pids_matching(needle: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('Z')))
+            .unwrap_or(true);
+        if cmdline.contains(needle) && !zombie && pid != std::process::id() as i32 {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes; returns whether it held.
+pub fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A unique marker for commands, so /proc searches find only this test's processes.
+pub fn marker(tag: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("rexec-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
