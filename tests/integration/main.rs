@@ -3,3 +3,6 @@
 mod util;
 
 mod exec;
+mod fleet;
+mod hardening;
+mod ops;

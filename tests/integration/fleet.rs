@@ -1,0 +1,1 @@
+//! fleet tests (in progress).

@@ -1,0 +1,1 @@
+//! hardening tests (in progress).
