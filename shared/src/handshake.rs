@@ -602,6 +602,65 @@ mod tests {
         ));
     }
 
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The worked example in docs/protocol.md: fixed randomness, key id "ops", secret 0x05 x 32.
+    #[test]
+    fn known_answer_vector_matches_docs() {
+        let server = ServerHandshake::from_randomness([1; 32], [2; 32]);
+        let client = ClientHandshake::from_randomness("ops", secret(5), [3; 32], [4; 32]);
+        let server_hello = server.hello().to_vec();
+        let (client_hello, await_proof) = client
+            .receive_server_hello(frame_of(&server_hello))
+            .unwrap();
+        let known = secret(5);
+        let established = server
+            .receive_client_hello(frame_of(&client_hello), |id| {
+                (id == "ops").then_some(&known)
+            })
+            .unwrap();
+        let mut session = await_proof
+            .receive_server_proof(frame_of(&established.reply))
+            .unwrap();
+        let mut body = Vec::new();
+        crate::message::ClientMsg::Exec(crate::message::ExecRequest {
+            command: b"true".to_vec(),
+            ..Default::default()
+        })
+        .encode(&mut body);
+        let mut exec = Vec::new();
+        session
+            .sealer
+            .seal(crate::message::kind::EXEC, &body, &mut exec)
+            .unwrap();
+
+        assert_eq!(
+            hex(&server_hello),
+            "000000460152584543010101010101010101010101010101010101010101010101010101010101010101\
+             ce8d3ad1ccb633ec7b70c17814a5c76ecd029685050d344745ba05870e587d59"
+        );
+        assert_eq!(
+            hex(&client_hello),
+            "0000006a0252584543010303030303030303030303030303030303030303030303030303030303030303\
+             ac01b2209e86354fb853237b5de0f4fab13c7fcbf433a61c019369617fecf10b036f7073\
+             68d73584a9190678aba723d7b13b19e3e66349450caef92eff400ac34eac1df0"
+        );
+        assert_eq!(
+            hex(&established.reply),
+            "0000002103b218c5411c651754cf7268e52dd00b9e5b5baeaa1edcea8f93ee032801b77182"
+        );
+        assert_eq!(
+            hex(&body),
+            "00000000000000000000000004747275650000000000000000"
+        );
+        assert_eq!(
+            hex(&exec),
+            "0000002a10c54f8c8fcad057fe9f1432a604a8d36beabd669fccd4ba5f6ab6f673e91f3427a04a6acee047b64b14"
+        );
+    }
+
     #[test]
     fn refusal_text_reaches_the_client() {
         let client = ClientHandshake::new("ops", secret(9));
