@@ -54,6 +54,9 @@ enum Command {
     /// Write a new key file (mode 0600), or print one to stdout.
     #[command(after_help = KEYGEN_EXAMPLES)]
     Keygen(KeygenArgs),
+    /// Print a shell completion script for ctl to stdout.
+    #[command(after_help = COMPLETIONS_EXAMPLES)]
+    Completions(CompletionsArgs),
 }
 
 const EXEC_EXAMPLES: &str = "\
@@ -74,6 +77,12 @@ const KEYGEN_EXAMPLES: &str = "\
 Examples:
   ctl keygen --id ops -o ~/.config/rexec/key
   ctl keygen --id ci >> /etc/rexec/keys   (then chmod 600; send the agent SIGHUP)";
+
+const COMPLETIONS_EXAMPLES: &str = "\
+Examples:
+  ctl completions bash > ~/.local/share/bash-completion/completions/ctl
+  ctl completions zsh > ~/.zfunc/_ctl    (with fpath+=~/.zfunc before compinit in ~/.zshrc)
+  ctl completions fish > ~/.config/fish/completions/ctl.fish";
 
 /// Which key to authenticate with.
 #[derive(Debug, Args)]
@@ -183,6 +192,13 @@ struct KeygenArgs {
     output: Option<PathBuf>,
 }
 
+#[derive(Debug, Args)]
+struct CompletionsArgs {
+    /// Shell to write the completion script for.
+    #[arg(value_name = "SHELL", value_enum)]
+    shell: clap_complete::Shell,
+}
+
 fn parse_secs(text: &str) -> Result<Duration, String> {
     let secs: f64 = text.parse().map_err(|_| format!("{text:?} is not a number of seconds"))?;
     if !(secs > 0.0 && secs <= 86_400.0 * 365.0) {
@@ -211,6 +227,7 @@ fn main() -> ExitCode {
         Command::Exec(args) => runtime.block_on(exec(args)),
         Command::Ping(args) => runtime.block_on(ping(args)),
         Command::Keygen(args) => keygen(args),
+        Command::Completions(args) => completions(args),
     };
     // A thread blocked reading stdin must not hold up the exit.
     runtime.shutdown_background();
@@ -425,6 +442,21 @@ async fn ping_all(targets: Vec<Target>, key: KeyEntry, timeout: Duration, parall
         }
     }
     worst
+}
+
+fn completions(args: CompletionsArgs) -> u8 {
+    // Generated into memory first: clap_complete panics on a failed write (say, a closed pipe).
+    let mut script = Vec::new();
+    let mut command = <Cli as clap::CommandFactory>::command();
+    clap_complete::generate(args.shell, &mut command, "ctl", &mut script);
+    match std::io::Write::write_all(&mut std::io::stdout().lock(), &script) {
+        Ok(()) => 0,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+        Err(e) => {
+            eprintln!("ctl: cannot write the completion script to stdout: {e}");
+            1
+        }
+    }
 }
 
 fn keygen(args: KeygenArgs) -> u8 {
