@@ -3,18 +3,20 @@
 use std::net::SocketAddr;
 
 use crate::exec::{KillReason, Outcome};
+use crate::logging::AUDIT;
 
 /// Logs the end of one command: peer, key id, command, status, duration, bytes sent.
 pub fn command(peer: SocketAddr, key_id: &str, command: &[u8], outcome: &Outcome) {
-    // Escaped so that a command with newlines or control characters stays on one line.
-    let command = String::from_utf8_lossy(command).escape_debug().to_string();
+    // Not escaped here: the text format quotes string fields with Rust escapes and the JSON
+    // format with JSON escapes, so a command with newlines still makes one line either way.
+    let command = String::from_utf8_lossy(command);
     let status = describe(outcome);
     let duration_ms = outcome.duration.as_millis() as u64;
     tracing::info!(
-        target: "audit",
+        target: AUDIT,
         %peer,
         key_id,
-        command,
+        command = &*command,
         status,
         exit_code = outcome.status.and_then(|s| s.code),
         signal = outcome.status.and_then(|s| s.signal),
@@ -36,7 +38,9 @@ fn describe(outcome: &Outcome) -> String {
         None => "not run".into(),
     };
     match outcome.killed {
-        Some(KillReason::Cancel(sig)) => text.push_str(&format!(", cancelled by client (signal {sig})")),
+        Some(KillReason::Cancel(sig)) => {
+            text.push_str(&format!(", cancelled by client (signal {sig})"))
+        }
         Some(KillReason::ClientGone) => text.push_str(", client went away"),
         Some(KillReason::Shutdown) => text.push_str(", agent shutting down"),
         Some(KillReason::Timeout) | None => {}

@@ -4,9 +4,9 @@
 mod audit;
 mod connection;
 mod exec;
+mod logging;
 mod server;
 
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,6 +20,7 @@ use rexec_shared::keyfile::KeyRing;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::logging::LIFECYCLE;
 use crate::server::{Config, KeyStore};
 
 /// Remote command-execution agent.
@@ -32,8 +33,13 @@ use crate::server::{Config, KeyStore};
 /// to stderr. SIGTERM or SIGINT stops it: running commands are terminated and it exits 0.
 /// SIGHUP re-reads the key file without touching running commands.
 ///
-/// Example:
+/// Every command is logged when it ends (target `audit`: peer, key_id, command, status,
+/// exit_code or signal, duration_ms, bytes_out), whatever the log level.
+///
+/// Examples:
 ///   ctl keygen -o /etc/rexec/keys && agent --key-file /etc/rexec/keys --listen 0.0.0.0:50007
+///   agent --key-file /etc/rexec/keys --log-format json --log-level warn
+///   RUST_LOG=info,agent::connection=debug agent --key-file /etc/rexec/keys
 ///
 /// Exit status: 0 after a clean stop; 1 if the key file is unusable or the address cannot be
 /// bound; 2 for a usage error.
@@ -70,6 +76,15 @@ struct Cli {
     /// Seconds between SIGTERM and SIGKILL when a command's process group is killed.
     #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_secs)]
     kill_grace: Duration,
+
+    /// Log line format on stderr: `text` for people, `json` (one object per line) for shippers.
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = logging::Format::Text)]
+    log_format: logging::Format,
+
+    /// Log level (error, warn, info, debug, trace) or a RUST_LOG-style filter [default:
+    /// $RUST_LOG, else info]. Audit and lifecycle lines are written at every level.
+    #[arg(long, value_name = "LEVEL", value_parser = logging::parse_filter)]
+    log_level: Option<String>,
 }
 
 fn parse_secs(text: &str) -> Result<Duration, String> {
@@ -82,18 +97,19 @@ fn parse_secs(text: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    let format = cli.log_format;
+    logging::init(format, cli.log_level.as_deref());
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("agent: cannot start the async runtime: {e}");
+            logging::fatal(format, &format!("cannot start the async runtime: {e}"));
             return ExitCode::from(1);
         }
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("agent: {e:#}");
+            logging::fatal(format, &format!("{e:#}"));
             ExitCode::from(1)
         }
     }
@@ -116,16 +132,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", cli.listen))?;
     let addr = listener.local_addr().context("cannot read the bound address")?;
-    tracing::info!(
-        keys = keys.len(),
-        key_file = %cli.key_file.display(),
-        "agent {} listening on {addr}",
-        env!("CARGO_PKG_VERSION")
-    );
+    let key_file = cli.key_file.display();
+    tracing::info!(target: LIFECYCLE, keys = keys.len(), %key_file, "loaded the key file");
+    // The address ends the line (no fields follow) so that scripts can take the last word.
+    tracing::info!(target: LIFECYCLE, "agent {} listening on {addr}", env!("CARGO_PKG_VERSION"));
     let shutdown = async {
         tokio::select! {
-            _ = sigterm.recv() => tracing::info!("received SIGTERM"),
-            _ = sigint.recv() => tracing::info!("received SIGINT"),
+            _ = sigterm.recv() => tracing::info!(target: LIFECYCLE, "received SIGTERM"),
+            _ = sigint.recv() => tracing::info!(target: LIFECYCLE, "received SIGINT"),
         }
     };
     let store = Arc::new(KeyStore::new(keys));
@@ -137,7 +151,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     });
     server::run(listener, store, config, shutdown).await;
-    tracing::info!("stopped");
+    tracing::info!(target: LIFECYCLE, "stopped");
     Ok(())
 }
 
@@ -145,19 +159,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 fn reload(store: &KeyStore, path: &std::path::Path) {
     match KeyRing::load(path) {
         Ok(ring) => {
-            tracing::info!(keys = ring.len(), key_file = %path.display(), "reloaded the key file on SIGHUP");
+            tracing::info!(
+                target: LIFECYCLE,
+                keys = ring.len(),
+                key_file = %path.display(),
+                "reloaded the key file on SIGHUP"
+            );
             store.replace(ring);
         }
-        Err(e) => tracing::error!("key file reload refused, keeping the keys in force: {e}"),
+        Err(e) => tracing::error!(
+            target: LIFECYCLE,
+            key_file = %path.display(),
+            "key file reload refused, keeping the keys in force: {e}"
+        ),
     }
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(filter)
-        .init();
 }

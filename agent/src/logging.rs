@@ -1,0 +1,111 @@
+//! Log output on stderr: human-readable text or JSON Lines, a level filter from `--log-level`
+//! or `RUST_LOG`, and the targets written whatever the filter says (audit and lifecycle).
+
+use std::io::IsTerminal;
+
+use clap::ValueEnum;
+use tracing_subscriber::filter::Directive;
+use tracing_subscriber::EnvFilter;
+
+/// Target of the one-line-per-command audit record; written at every log level.
+pub const AUDIT: &str = "audit";
+/// Target of the start, listening, reload and stop lines; written at every log level.
+pub const LIFECYCLE: &str = "lifecycle";
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// `TIME LEVEL target: message key=value...`, for people and journald.
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `message`, fields, `target`), for log
+    /// shippers.
+    Json,
+}
+
+/// Checks a `--log-level` value: a level (`error`, `warn`, `info`, `debug`, `trace`, `off`)
+/// or a `RUST_LOG`-style filter such as `info,agent::exec=debug`.
+pub fn parse_filter(text: &str) -> Result<String, String> {
+    // A lone word would otherwise be read as a target name ("loud" = trace for target "loud").
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let word = text.trim();
+    if !word.contains(['=', ',', '[']) && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(word)) {
+        return Err(format!(
+            "{text:?} is not a log level: use one of {}, or a filter",
+            LEVELS.join(", ")
+        ));
+    }
+    match EnvFilter::builder().parse(text) {
+        Ok(_) => Ok(text.to_owned()),
+        Err(e) => Err(format!("{text:?} is not a log level or filter: {e}")),
+    }
+}
+
+/// Installs the global subscriber. The filter is `level` if given, else `RUST_LOG`, else
+/// `info`; the audit and lifecycle targets are always let through at info.
+pub fn init(format: Format, level: Option<&str>) {
+    let mut warning = None;
+    let spec = match level {
+        Some(level) => level.to_owned(),
+        None => match std::env::var("RUST_LOG") {
+            Ok(env) if !env.trim().is_empty() => match parse_filter(&env) {
+                Ok(env) => env,
+                Err(e) => {
+                    warning = Some(format!("ignoring RUST_LOG, using info: {e}"));
+                    "info".to_owned()
+                }
+            },
+            _ => "info".to_owned(),
+        },
+    };
+    let filter = always_on(EnvFilter::builder().parse_lossy(spec));
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    match format {
+        Format::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        Format::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
+    if let Some(warning) = warning {
+        tracing::warn!(target: LIFECYCLE, "{warning}");
+    }
+}
+
+/// Adds the directives that keep the audit and lifecycle lines on: a directive for a target
+/// replaces one the user gave for the same target, and beats a global level.
+fn always_on(mut filter: EnvFilter) -> EnvFilter {
+    for target in [AUDIT, LIFECYCLE] {
+        match format!("{target}=info").parse::<Directive>() {
+            Ok(directive) => filter = filter.add_directive(directive),
+            // Unreachable: both targets are constant, valid names.
+            Err(e) => eprintln!("agent: internal error: bad log directive for {target}: {e}"),
+        }
+    }
+    filter
+}
+
+/// Reports an error that stops the agent, in the log's format (so a JSON log stays JSON).
+pub fn fatal(format: Format, message: &str) {
+    match format {
+        Format::Text => eprintln!("agent: {message}"),
+        Format::Json => tracing::error!(target: LIFECYCLE, "{message}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_are_checked() {
+        assert!(parse_filter("warn").is_ok());
+        assert!(parse_filter("info,agent::exec=debug").is_ok());
+        assert!(parse_filter("WARN").is_ok());
+        assert!(parse_filter("loud").is_err());
+        assert!(parse_filter("agent=loud").is_err());
+    }
+}
