@@ -177,8 +177,9 @@ impl Drop for Agent {
 }
 
 fn parse_listening(line: &str) -> SocketAddr {
-    line.split_whitespace()
-        .filter_map(|word| word.trim_matches(|c: char| c == ',' || c == '"').parse().ok())
+    // JSON punctuation separates words too, so `--log-format json` lines parse as well.
+    line.split(|c: char| c.is_whitespace() || matches!(c, '"' | ',' | '{' | '}'))
+        .filter_map(|word| word.parse().ok())
         .last()
         .unwrap_or_else(|| panic!("no ADDR:PORT in listening line {line:?}"))
 }
