@@ -3,6 +3,8 @@
 mod util;
 
 mod exec;
+mod exec_big;
+mod exec_signals;
 mod fleet;
 mod hardening;
 mod ops;

@@ -386,3 +386,136 @@ pub fn marker(tag: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     format!("rexec-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
+
+/// `agent ARGS...` run to completion within the time bound, for starts that must fail (a
+/// usable agent is started with [`Agent::start`]).
+pub fn agent_cmd<I, S>(args: I) -> Ctl
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+    let cmdline = std::iter::once("agent".to_owned())
+        .chain(args.iter().map(|a| a.to_string_lossy().into_owned()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut cmd = Command::new(bin("agent"));
+    cmd.args(&args);
+    Ctl { cmd, stdin: None, timeout: CTL_TIMEOUT, cmdline }
+}
+
+/// A spawned child that is killed (by its pid) and reaped when dropped, so a failing test
+/// leaves nothing behind.
+pub struct KillOnDrop(pub Child);
+
+impl KillOnDrop {
+    /// Sends `signal` to the child.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill on our own child's pid; it is not reaped before we drop it.
+        unsafe { libc::kill(self.0.id() as i32, signal) };
+    }
+
+    /// Waits for the child for at most `timeout`, panicking with `what` if it does not exit.
+    #[track_caller]
+    pub fn wait_within(&mut self, timeout: Duration, what: &str) -> ExitStatus {
+        wait_bounded(&mut self.0, timeout).unwrap_or_else(|| panic!("{what}: did not exit within {timeout:?}"))
+    }
+}
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// Lines of a pipe, read on a thread, so a test can wait for the next one with a bound.
+pub struct LineReader {
+    rx: mpsc::Receiver<String>,
+}
+
+impl LineReader {
+    /// Starts reading `pipe` line by line (lossy UTF-8, newline kept).
+    pub fn new(pipe: impl Read + Send + 'static) -> Self {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut pipe = BufReader::new(pipe);
+            loop {
+                let mut line = Vec::new();
+                match pipe.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        if tx.send(String::from_utf8_lossy(&line).into_owned()).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        Self { rx }
+    }
+
+    /// The next line, or `None` if none came within `timeout` or the pipe ended.
+    pub fn next(&self, timeout: Duration) -> Option<String> {
+        self.rx.recv_timeout(timeout).ok()
+    }
+
+    /// Everything still to come, until the pipe ends (bounded by `timeout`).
+    pub fn rest(&self, timeout: Duration) -> String {
+        let end = Instant::now() + timeout;
+        let mut text = String::new();
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            match self.rx.recv_timeout(left) {
+                Ok(line) => text.push_str(&line),
+                Err(_) => break,
+            }
+        }
+        text
+    }
+}
+
+/// Live (not zombie) processes whose process group is `pgid`.
+pub fn group_members(pgid: i32) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // Fields after the command name: state, ppid, pgrp, ...
+        let Some((_, rest)) = stat.rsplit_once(") ") else { continue };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().unwrap_or("Z");
+        let pgrp = fields.nth(1).and_then(|f| f.parse::<i32>().ok());
+        if state != "Z" && pgrp == Some(pgid) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Kills process group `pgid` with SIGKILL when dropped: for tests that leave a remote
+/// command's background children running on purpose.
+pub struct KillGroupOnDrop(pub i32);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        if self.0 > 1 {
+            // SAFETY: killpg has no memory-safety preconditions; the group was made by our agent.
+            unsafe { libc::killpg(self.0, libc::SIGKILL) };
+        }
+    }
+}
