@@ -1,5 +1,7 @@
 //! `ctl`: run shell commands on agents, one or many at a time. See `ctl --help`.
 
+mod fleet;
+mod json;
 mod keys;
 mod output;
 mod remote;
@@ -164,7 +166,7 @@ struct ExecArgs {
     script: Option<PathBuf>,
 
     /// TARGET (unless -H or --hosts-file is given), then the COMMAND words, joined by spaces.
-    #[arg(value_name = "[TARGET] COMMAND", trailing_var_arg = true, allow_hyphen_values = true)]
+    #[arg(value_name = "[TARGET] COMMAND", trailing_var_arg = true)]
     words: Vec<String>,
 }
 
@@ -319,9 +321,43 @@ async fn exec(args: ExecArgs) -> u8 {
             report_single(&target, &outcome, args.timeout)
         }
         _ => {
-            eprintln!("ctl: many-target, --json and --group modes are not built yet");
-            let _ = (key, request, cancel_rx);
-            EXIT_USAGE
+            // --group is a many-target display, so a lone TARGET with it runs as one (no stdin).
+            let many = single.is_none() || (args.group && !args.json);
+            let targets = match single {
+                Some(target) => vec![target],
+                None => match fleet_targets(&args.targets, &[]) {
+                    Ok(t) if t.is_empty() => return usage_error("no targets: -H and --hosts-file named none"),
+                    Ok(t) => t,
+                    Err(e) => return usage_error(e),
+                },
+            };
+            let input = match script {
+                Some(bytes) => fleet::Input::Script(bytes.into()),
+                None if !many && !args.no_stdin => fleet::Input::Forward(forward_stdin()),
+                None => fleet::Input::Empty,
+            };
+            let stdin = !matches!(input, fleet::Input::Empty);
+            let mode = match (args.json, args.group) {
+                (true, _) => fleet::Mode::Json,
+                (false, true) => fleet::Mode::Group,
+                (false, false) => fleet::Mode::Lines,
+            };
+            let plan = fleet::Plan {
+                targets,
+                key,
+                request: ExecRequest { stdin, ..request },
+                input,
+                connect_timeout: args.targets.connect_timeout,
+                parallel: args.targets.parallel as usize,
+                mode,
+                many,
+                timeout: args.timeout,
+            };
+            let code = fleet::run(plan, cancel_rx).await;
+            if let Some(sig) = *interrupted.borrow() {
+                return 128 + sig as u8;
+            }
+            code
         }
     }
 }
@@ -460,6 +496,10 @@ fn completions(args: CompletionsArgs) -> u8 {
 }
 
 fn keygen(args: KeygenArgs) -> u8 {
+    // An invalid id is a usage error whether or not -o is given.
+    if !rexec_shared::keyfile::valid_key_id(&args.id) {
+        return usage_error(format!("invalid key id {:?}: use 1-64 characters of A-Z a-z 0-9 . _ -", args.id));
+    }
     match &args.output {
         Some(path) => match keys::write_new(path, &args.id) {
             Ok(()) => {
@@ -471,9 +511,6 @@ fn keygen(args: KeygenArgs) -> u8 {
                 1
             }
         },
-        None if !rexec_shared::keyfile::valid_key_id(&args.id) => {
-            usage_error(format!("invalid key id {:?}: use 1-64 characters of A-Z a-z 0-9 . _ -", args.id))
-        }
         None => {
             print!("{}", rexec_shared::keyfile::generate(&args.id));
             0

@@ -51,23 +51,52 @@ fn write_all(file: &mut File, mut data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Keeps all output in memory, for `--json` and `--group`.
+/// Most bytes [`Captured`] keeps per stream; the rest is dropped (and flagged) so a remote
+/// `cat /dev/zero` cannot exhaust ctl's memory.
+pub const MAX_CAPTURE: usize = 16 * 1024 * 1024;
+
+/// Keeps output in memory, up to [`MAX_CAPTURE`] bytes per stream, for `--json` and `--group`.
 #[derive(Debug, Default, Clone)]
 pub struct Captured {
-    /// Everything written to stdout.
+    /// What was written to stdout, up to the limit.
     pub stdout: Vec<u8>,
-    /// Everything written to stderr.
+    /// What was written to stderr, up to the limit.
     pub stderr: Vec<u8>,
+    /// Whether stdout went past the limit.
+    pub stdout_cut: bool,
+    /// Whether stderr went past the limit.
+    pub stderr_cut: bool,
+}
+
+fn keep(buf: &mut Vec<u8>, cut: &mut bool, data: &[u8]) {
+    let room = MAX_CAPTURE.saturating_sub(buf.len());
+    *cut |= data.len() > room;
+    buf.extend_from_slice(&data[..data.len().min(room)]);
 }
 
 impl Output for Captured {
     fn stdout(&mut self, data: &[u8]) -> io::Result<()> {
-        self.stdout.extend_from_slice(data);
+        keep(&mut self.stdout, &mut self.stdout_cut, data);
         Ok(())
     }
 
     fn stderr(&mut self, data: &[u8]) -> io::Result<()> {
-        self.stderr.extend_from_slice(data);
+        keep(&mut self.stderr, &mut self.stderr_cut, data);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capture_is_bounded() {
+        let mut c = Captured::default();
+        c.stdout(&vec![0u8; MAX_CAPTURE - 1]).unwrap();
+        assert!(!c.stdout_cut);
+        c.stdout(b"ab").unwrap();
+        assert!(c.stdout_cut && !c.stderr_cut);
+        assert_eq!(c.stdout.len(), MAX_CAPTURE);
     }
 }
