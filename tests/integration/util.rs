@@ -180,7 +180,7 @@ fn parse_listening(line: &str) -> SocketAddr {
     // JSON punctuation separates words too, so `--log-format json` lines parse as well.
     line.split(|c: char| c.is_whitespace() || matches!(c, '"' | ',' | '{' | '}'))
         .filter_map(|word| word.parse().ok())
-        .last()
+        .next_back()
         .unwrap_or_else(|| panic!("no ADDR:PORT in listening line {line:?}"))
 }
 
