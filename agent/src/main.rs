@@ -35,16 +35,8 @@ use crate::server::{Config, KeyStore};
 ///
 /// Every command is logged when it ends (target `audit`: peer, key_id, command, status,
 /// exit_code or signal, duration_ms, bytes_out), whatever the log level.
-///
-/// Examples:
-///   ctl keygen -o /etc/rexec/keys && agent --key-file /etc/rexec/keys --listen 0.0.0.0:50007
-///   agent --key-file /etc/rexec/keys --log-format json --log-level warn
-///   RUST_LOG=info,agent::connection=debug agent --key-file /etc/rexec/keys
-///
-/// Exit status: 0 after a clean stop; 1 if the key file is unusable or the address cannot be
-/// bound; 2 for a usage error.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about, max_term_width = 100)]
+#[command(version, about, long_about, max_term_width = 100, after_help = AFTER_HELP)]
 struct Cli {
     /// Key file: lines of `<key-id> <64 hex digits>`; must not be readable by group or others.
     #[arg(long, value_name = "PATH")]
@@ -86,6 +78,21 @@ struct Cli {
     #[arg(long, value_name = "LEVEL", value_parser = logging::parse_filter)]
     log_level: Option<String>,
 }
+
+/// Examples and exit statuses, kept out of the doc comment so clap does not rewrap them.
+const AFTER_HELP: &str = "\
+Examples:
+  ctl keygen --id ops -o /etc/rexec/keys
+  agent --key-file /etc/rexec/keys                       # listens on 0.0.0.0:50007
+  agent --key-file keys --listen 127.0.0.1:0             # a free port on loopback
+  agent --key-file /etc/rexec/keys --log-format json --log-level warn
+  RUST_LOG=info,agent::connection=debug agent --key-file /etc/rexec/keys
+  kill -HUP $(pidof agent)                               # re-read the key file
+
+Exit status:
+  0  stopped cleanly (SIGTERM, SIGINT)
+  1  the key file is unusable, or the address cannot be bound
+  2  usage error";
 
 fn parse_secs(text: &str) -> Result<Duration, String> {
     let secs: f64 = text.parse().map_err(|_| format!("{text:?} is not a number of seconds"))?;
