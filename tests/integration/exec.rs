@@ -183,11 +183,18 @@ fn command_words_are_joined_with_spaces_like_ssh() {
         "a   b",
         "c;",
         "echo",
-        "$((6*7))",
+        "$((6*7));",
+        "echo",
+        "-n",
+        "words-may-start-with-a-hyphen",
     ])
     .run();
     run.expect_code(0);
-    assert_eq!(run.out(), "a b c\n42\n", "{run}");
+    assert_eq!(
+        run.out(),
+        "a b c\n42\nwords-may-start-with-a-hyphen",
+        "{run}"
+    );
 }
 
 #[test]

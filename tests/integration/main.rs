@@ -4,6 +4,8 @@ mod util;
 
 mod exec;
 mod exec_big;
+mod exec_cli;
+mod exec_keys;
 mod exec_signals;
 mod fleet;
 mod hardening;
