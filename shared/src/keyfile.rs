@@ -1,12 +1,16 @@
 //! Key files: `<key-id> <secret>` lines, permission checks, and generation of new keys.
 
 use std::fmt;
-use std::os::unix::fs::PermissionsExt;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use rand::rngs::OsRng;
 use rand::RngCore;
-use zeroize::{Zeroize, ZeroizeOnDrop};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+
+/// Largest key file read; thousands of keys fit, and a mistaken path to a huge file fails fast.
+pub const MAX_KEY_FILE_LEN: u64 = 1024 * 1024;
 
 /// A 32-byte pre-shared secret; wiped from memory when dropped, never printed.
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
@@ -36,7 +40,8 @@ impl Secret {
     }
 
     fn from_hex(text: &str) -> Option<Self> {
-        if text.len() != 64 || !text.is_ascii() {
+        // from_str_radix alone would also take a leading '+'.
+        if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
         let mut bytes = [0u8; 32];
@@ -81,12 +86,13 @@ pub struct KeyRing {
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
     /// The file could not be read.
-    #[error("cannot read key file {}: {source}", path.display())]
+    // The cause is in the message and deliberately not a `source`: `{:#}` would print it twice.
+    #[error("cannot read key file {}: {cause}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The file is open to group or others.
     #[error(
@@ -99,6 +105,32 @@ pub enum KeyFileError {
         path: PathBuf,
         /// Its permission bits.
         mode: u32,
+    },
+    /// The path is not a regular file (a directory, FIFO, device...).
+    #[error("key file {} is not a regular file", path.display())]
+    NotRegular {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file belongs to another user, who could add keys to it.
+    #[error(
+        "key file {} is owned by uid {owner}, not by this user (uid {euid}) or root; run: chown {euid} {}",
+        path.display(),
+        path.display()
+    )]
+    Owner {
+        /// The file.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// This process's effective user.
+        euid: u32,
+    },
+    /// The file is larger than any key file should be.
+    #[error("key file {} is larger than {} bytes; is it the right file?", path.display(), MAX_KEY_FILE_LEN)]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
     },
     /// A line is not `<key-id> <secret>`.
     #[error("key file {}, line {line}: {reason}", path.display())]
@@ -121,19 +153,38 @@ pub enum KeyFileError {
 impl KeyRing {
     /// Reads a key file, refusing one that group or others may read or write.
     pub fn load(path: &Path) -> Result<Self, KeyFileError> {
-        let read_err = |source| KeyFileError::Read {
+        let read_err = |cause| KeyFileError::Read {
             path: path.to_owned(),
-            source,
+            cause,
         };
-        let meta = std::fs::metadata(path).map_err(read_err)?;
-        let mode = meta.permissions().mode() & 0o7777;
-        if mode & 0o077 != 0 {
-            return Err(KeyFileError::Permissions {
-                path: path.to_owned(),
-                mode,
-            });
+        // One open, and every check on that descriptor: nothing can swap the file between the
+        // checks and the read, and O_NONBLOCK keeps a FIFO at that path from hanging us.
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(read_err)?;
+        let meta = file.metadata().map_err(read_err)?;
+        if !meta.is_file() {
+            return Err(KeyFileError::NotRegular { path: path.to_owned() });
         }
-        let text = std::fs::read_to_string(path).map_err(read_err)?;
+        let mode = meta.mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(KeyFileError::Permissions { path: path.to_owned(), mode });
+        }
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        if meta.uid() != euid && meta.uid() != 0 {
+            return Err(KeyFileError::Owner { path: path.to_owned(), owner: meta.uid(), euid });
+        }
+        if meta.len() > MAX_KEY_FILE_LEN {
+            return Err(KeyFileError::TooLarge { path: path.to_owned() });
+        }
+        let mut text = Zeroizing::new(String::new());
+        (&mut file)
+            .take(MAX_KEY_FILE_LEN)
+            .read_to_string(&mut text)
+            .map_err(read_err)?;
         Self::parse(&text, path)
     }
 
@@ -280,6 +331,29 @@ mod tests {
         assert!(!valid_key_id(&"z".repeat(65)));
         assert!(!valid_key_id("a b"));
         assert!(!valid_key_id("é"));
+    }
+
+    #[test]
+    fn secret_must_be_plain_hex_digits() {
+        let err = parse(&format!("a {}\n", "+f".repeat(32))).unwrap_err().to_string();
+        assert!(err.contains("64 hex digits"), "{err}");
+    }
+
+    #[test]
+    fn load_checks_mode_type_and_reads_the_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("rexec-keyfile-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("keys");
+        std::fs::write(&path, generate("a")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let err = KeyRing::load(&path).unwrap_err().to_string();
+        assert!(err.contains("mode 0640") && err.contains(&*path.to_string_lossy()), "{err}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(KeyRing::load(&path).unwrap().len(), 1);
+        let err = KeyRing::load(&dir).unwrap_err().to_string();
+        assert!(err.contains("not a regular file"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
