@@ -417,3 +417,84 @@ fn agent_serves_several_clients_at_once() {
         assert_eq!(run.code(), 0);
     }
 }
+
+#[test]
+fn target_forms_and_default_port_reach_the_agent() {
+    let agent = Agent::start();
+    let port = agent.addr.port().to_string();
+    let key_file = agent.key_file.to_string_lossy().into_owned();
+    let host_port = format!("localhost:{port}");
+    for (options, target) in [
+        (vec![], host_port.as_str()),
+        (vec!["--port", port.as_str()], "127.0.0.1"),
+        (vec!["--port", port.as_str()], "localhost"),
+    ] {
+        let mut args = vec!["exec", "--key-file", &key_file];
+        args.extend(&options);
+        args.extend([target, "echo reached"]);
+        let run = ctl(&args).run();
+        run.expect_code(0);
+        assert_eq!(run.out(), "reached\n", "{run}");
+    }
+    // $CTL_PORT is the default port when --port is not given.
+    let run = ctl(["exec", "--key-file", &key_file, "127.0.0.1", "echo via-env"])
+        .env("CTL_PORT", &port)
+        .run();
+    run.expect_code(0);
+    assert_eq!(run.out(), "via-env\n", "{run}");
+}
+
+#[test]
+fn ipv6_loopback_targets_work() {
+    let dir = scratch();
+    let key_file = crate::util::write_key_file(dir.path(), "keys", &crate::util::key_line("v6"));
+    let agent = Agent::start_on("[::1]:0", dir, key_file, &[]);
+    assert!(agent.addr.is_ipv6(), "{}", agent.addr);
+    let port = agent.addr.port().to_string();
+    let bracketed = format!("[::1]:{port}");
+    let key_file = agent.key_file.to_string_lossy().into_owned();
+    for (options, target) in [
+        (vec![], bracketed.as_str()),
+        (vec!["--port", port.as_str()], "::1"),
+    ] {
+        let mut args = vec!["exec", "--key-file", &key_file];
+        args.extend(&options);
+        args.extend([target, "echo over-ipv6"]);
+        let run = ctl(&args).run();
+        run.expect_code(0);
+        assert_eq!(run.out(), "over-ipv6\n", "{run}");
+    }
+    assert!(audit_line(&agent, "over-ipv6").contains("peer=[::1]:"));
+}
+
+#[test]
+fn command_runs_as_sh_in_its_own_process_group_as_the_agents_user() {
+    let agent = Agent::start();
+    let tag = marker("own-group");
+    let mut run = Running::start(exec(&agent, &format!("echo $$; id -u; read x; echo {tag}")));
+    let pgid = run.pgid();
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    assert_eq!(run.line().trim(), uid.to_string());
+    let members = group_members(pgid);
+    assert!(
+        members.contains(&pgid),
+        "the shell leads its own group: {members:?}"
+    );
+    assert!(
+        !members.contains(&agent.pid()),
+        "the agent is not in the command's group"
+    );
+    let cmdline = std::fs::read(format!("/proc/{pgid}/cmdline")).unwrap_or_default();
+    let argv: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    assert_eq!(
+        argv.first().copied(),
+        Some(&b"sh"[..]),
+        "{:?}",
+        String::from_utf8_lossy(&cmdline)
+    );
+    assert_eq!(argv.get(1).copied(), Some(&b"-c"[..]));
+    run.stdin.as_mut().unwrap().write_all(b"\n").unwrap();
+    assert_eq!(run.line(), format!("{tag}\n"));
+    assert_eq!(run.code(), 0);
+}

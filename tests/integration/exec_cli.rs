@@ -298,3 +298,26 @@ fn failed_exec_before_start_is_audited_as_not_run() {
     let line = audit_line(&agent, &tag);
     assert!(line.contains("not run"), "{line}");
 }
+
+#[test]
+fn agent_refuses_an_address_in_use_naming_it() {
+    let dir = scratch();
+    let key = write_key_file(dir.path(), "key", &key_line("test"));
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let run = agent_cmd([
+        "--key-file".as_ref(),
+        key.as_os_str(),
+        "--listen".as_ref(),
+        addr.as_ref(),
+    ])
+    .timeout(WAIT)
+    .run();
+    assert_ne!(run.code(), 0, "{run}");
+    assert!(
+        run.err().contains(&addr),
+        "the message names the address: {run}"
+    );
+    assert!(!run.err().contains("listening on"), "{run}");
+    drop(taken);
+}

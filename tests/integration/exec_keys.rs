@@ -44,9 +44,9 @@ fn witness(dir: &Path) -> (PathBuf, String) {
 #[test]
 fn wrong_secret_for_a_known_key_id_fails_authentication() {
     let agent = Agent::start();
-    let dir = scratch();
-    let wrong = write_key_file(dir.path(), "wrong", &key_line("test"));
-    let (ran, command) = witness(dir.path());
+    // Same key id as the agent's, another secret; kept next to the agent's own key.
+    let wrong = write_key_file(agent.dir.path(), "wrong", &key_line("test"));
+    let (ran, command) = witness(agent.dir.path());
     let run = exec_key(&wrong, &[], &agent.target(), &command);
     run.expect_code(255);
     assert!(run.err().contains("authentication failed"), "{run}");

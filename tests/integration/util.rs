@@ -80,10 +80,16 @@ impl Agent {
 
     /// An agent using `key_file` (inside `dir`) and extra arguments.
     pub fn start_in(dir: tempfile::TempDir, key_file: PathBuf, args: &[&str]) -> Self {
+        Self::start_on("127.0.0.1:0", dir, key_file, args)
+    }
+
+    /// An agent listening on `listen` (a loopback address, e.g. `[::1]:0`), using `key_file`
+    /// (inside `dir`) and extra arguments.
+    pub fn start_on(listen: &str, dir: tempfile::TempDir, key_file: PathBuf, args: &[&str]) -> Self {
         let mut child = Command::new(bin("agent"))
             .arg("--key-file")
             .arg(&key_file)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
