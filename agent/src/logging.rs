@@ -47,10 +47,11 @@ pub fn init(format: Format, level: Option<&str>) {
     let spec = match level {
         Some(level) => level.to_owned(),
         None => match std::env::var("RUST_LOG") {
-            Ok(env) if !env.trim().is_empty() => match parse_filter(&env) {
-                Ok(env) => env,
+            // Full RUST_LOG syntax here, where a lone word (`RUST_LOG=agent`) names a target.
+            Ok(env) if !env.trim().is_empty() => match EnvFilter::builder().parse(&env) {
+                Ok(_) => env,
                 Err(e) => {
-                    warning = Some(format!("ignoring RUST_LOG, using info: {e}"));
+                    warning = Some(format!("ignoring RUST_LOG={env:?}, using info: {e}"));
                     "info".to_owned()
                 }
             },
