@@ -68,7 +68,9 @@ Examples:
   tar cz dir | ctl exec web1 'tar xz -C /srv'
   ctl exec --timeout 30 -e LANG=C --cwd /srv web1 'make test'
   ctl exec -H web1,web2,web3 uptime
-  ctl exec --hosts-file fleet.txt --json 'df -h /'";
+  ctl exec -H web1,web2 -H db1 --group 'cat /etc/os-release'
+  ctl exec --hosts-file fleet.txt -P 200 --script check.sh -- --quick
+  ctl exec --hosts-file fleet.txt --json 'df -h /' | jq -r 'select(.status != 0) | .target'";
 
 const PING_EXAMPLES: &str = "\
 Examples:
