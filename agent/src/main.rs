@@ -166,13 +166,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 fn reload(store: &KeyStore, path: &std::path::Path) {
     match KeyRing::load(path) {
         Ok(ring) => {
-            tracing::info!(
-                target: LIFECYCLE,
-                keys = ring.len(),
-                key_file = %path.display(),
-                "reloaded the key file on SIGHUP"
-            );
+            let keys = ring.len();
+            // Replaced before the line is written, so whoever reads the line can rely on it.
             store.replace(ring);
+            let key_file = path.display();
+            tracing::info!(target: LIFECYCLE, keys, %key_file, "reloaded the key file on SIGHUP");
         }
         Err(e) => tracing::error!(
             target: LIFECYCLE,
