@@ -508,7 +508,7 @@ pub async fn run(plan: Plan, mut cancel: watch::Receiver<Option<i32>>) -> u8 {
             }
         })
     };
-    let ticker = {
+    let ticker = console.lock().bar.is_some().then(|| {
         let console = console.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(PROGRESS_TICK);
@@ -517,7 +517,7 @@ pub async fn run(plan: Plan, mut cancel: watch::Receiver<Option<i32>>) -> u8 {
                 console.tick();
             }
         })
-    };
+    });
 
     let (script, mut forwarded) = match input {
         Input::Empty => (None, None),
@@ -598,7 +598,9 @@ pub async fn run(plan: Plan, mut cancel: watch::Receiver<Option<i32>>) -> u8 {
         }
         console.finished(code != 0);
     }
-    ticker.abort();
+    if let Some(ticker) = ticker {
+        ticker.abort();
+    }
     forward.abort();
     console.clear();
 
