@@ -233,8 +233,10 @@ fn main() -> ExitCode {
         Command::Keygen(args) => keygen(args),
         Command::Completions(args) => completions(args),
     };
-    // A thread blocked reading stdin must not hold up the exit.
-    runtime.shutdown_background();
+    // Join the runtime's threads (briefly) before exiting: glibc can crash when threads exit
+    // while exit() runs, and a fleet run leaves dozens of resolver threads. The thread that
+    // reads stdin is not the runtime's, so it cannot hold this up.
+    runtime.shutdown_timeout(Duration::from_millis(250));
     ExitCode::from(code)
 }
 
