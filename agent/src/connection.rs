@@ -2,8 +2,8 @@
 
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rexec_shared::frame::MAX_HANDSHAKE_FRAME_LEN;
 use rexec_shared::handshake::{refusal, ServerEstablished, ServerHandshake, AUTH_FAILED};
@@ -45,10 +45,10 @@ pub async fn serve(
         _ = shutdown.wait_for(|stop| *stop) => Err("agent shutting down".into()),
     };
     drop(pending);
-    let (key_id, mut reader, writer) = match authenticated {
+    let (key_id, mut reader, mut writer) = match authenticated {
         Ok(x) => x,
         Err(reason) => {
-            tracing::warn!(%peer, "connection closed before authentication: {reason}");
+            log_unauthenticated_close(peer, &reason);
             return;
         }
     };
@@ -57,10 +57,18 @@ pub async fn serve(
         r = tokio::time::timeout_at(deadline.into(), reader.next_client_msg()) => match r {
             Ok(Ok(Some(msg))) => Ok(to_owned_request(msg)),
             Ok(Ok(None)) => Err("client closed the connection before sending a request".to_owned()),
-            Ok(Err(e)) => Err(format!("reading the request failed: {e}")),
+            Ok(Err(e)) => {
+                // The agent-to-client direction is still intact: say why nothing ran.
+                if let Some(text) = request_rejection(&e) {
+                    let _ = writer.send_server(&ServerMsg::Error(text)).await;
+                    let _ = writer.shutdown().await;
+                }
+                Err(format!("reading the request failed: {e}"))
+            }
             Err(_) => Err("no request within the handshake timeout".to_owned()),
         },
-        _ = shutdown.wait_for(|stop| *stop) => Err("agent shutting down".into()),
+        // Yields (), not the watch guard, which must not live across the await above.
+        () = async { let _ = shutdown.wait_for(|stop| *stop).await; } => Err("agent shutting down".into()),
     };
     let request = match request {
         Ok(Some(r)) => r,
@@ -75,7 +83,6 @@ pub async fn serve(
     };
     match request {
         Request::Ping => {
-            let mut writer = writer;
             let version = format!("agent {}", env!("CARGO_PKG_VERSION"));
             let _ = writer.send_server(&ServerMsg::Pong { version }).await;
             let _ = writer.shutdown().await;
@@ -94,6 +101,63 @@ pub async fn serve(
     }
 }
 
+/// What to tell a client whose request did not arrive intact; `None` when there is no one to
+/// tell (the client closed or the socket failed).
+fn request_rejection(e: &ProtocolError) -> Option<String> {
+    match e {
+        ProtocolError::Integrity => Some(
+            "integrity check failed on the agent: the request was altered, reordered or replayed in transit; nothing was run"
+                .into(),
+        ),
+        ProtocolError::FrameTooLarge { .. } | ProtocolError::EmptyFrame => Some(format!(
+            "integrity check failed on the agent: the request's framing was altered in transit ({e}); nothing was run"
+        )),
+        ProtocolError::Malformed(_) | ProtocolError::UnexpectedFrame(_) => {
+            Some(format!("the request was malformed ({e}); nothing was run"))
+        }
+        _ => None,
+    }
+}
+
+/// Lines per second about connections closed before authentication. Anyone who can reach the
+/// port can cause them, so beyond this they are counted instead of written.
+const UNAUTHENTICATED_LOG_PER_SEC: u32 = 20;
+
+fn log_unauthenticated_close(peer: SocketAddr, reason: &str) {
+    struct Window {
+        start: Instant,
+        written: u32,
+        suppressed: u64,
+    }
+    static WINDOW: Mutex<Option<Window>> = Mutex::new(None);
+    let mut guard = WINDOW.lock().unwrap_or_else(|e| e.into_inner());
+    let now = Instant::now();
+    let window = guard.get_or_insert(Window {
+        start: now,
+        written: 0,
+        suppressed: 0,
+    });
+    if now.duration_since(window.start) >= Duration::from_secs(1) {
+        if window.suppressed > 0 {
+            tracing::warn!(
+                "{} more connections closed before authentication were not logged (over {UNAUTHENTICATED_LOG_PER_SEC}/s)",
+                window.suppressed
+            );
+        }
+        *window = Window {
+            start: now,
+            written: 0,
+            suppressed: 0,
+        };
+    }
+    if window.written < UNAUTHENTICATED_LOG_PER_SEC {
+        window.written += 1;
+        tracing::warn!(%peer, "connection closed before authentication: {reason}");
+    } else {
+        window.suppressed += 1;
+    }
+}
+
 enum Request {
     Ping,
     Exec(rexec_shared::message::ExecRequest),
@@ -107,7 +171,11 @@ fn to_owned_request(msg: ClientMsg<'_>) -> Option<Request> {
     }
 }
 
-type Authenticated = (String, SealedReader<OwnedReadHalf>, SealedWriter<OwnedWriteHalf>);
+type Authenticated = (
+    String,
+    SealedReader<OwnedReadHalf>,
+    SealedWriter<OwnedWriteHalf>,
+);
 
 async fn authenticate(
     read: OwnedReadHalf,
@@ -116,7 +184,10 @@ async fn authenticate(
     peer: SocketAddr,
 ) -> Result<Authenticated, String> {
     let handshake = ServerHandshake::new();
-    write.write_all(handshake.hello()).await.map_err(|e| format!("sending hello failed: {e}"))?;
+    write
+        .write_all(handshake.hello())
+        .await
+        .map_err(|e| format!("sending hello failed: {e}"))?;
     let mut frames = FrameReader::new(read);
     let hello = match frames.next(MAX_HANDSHAKE_FRAME_LEN).await {
         Ok(Some(frame)) => frame,
@@ -130,8 +201,15 @@ async fn authenticate(
         keys.get(id)
     });
     match result {
-        Ok(ServerEstablished { key_id, reply, session }) => {
-            write.write_all(&reply).await.map_err(|e| format!("sending proof failed: {e}"))?;
+        Ok(ServerEstablished {
+            key_id,
+            reply,
+            session,
+        }) => {
+            write
+                .write_all(&reply)
+                .await
+                .map_err(|e| format!("sending proof failed: {e}"))?;
             tracing::debug!(%peer, key_id, "authenticated");
             let reader = SealedReader::new(frames, session.opener);
             Ok((key_id, reader, SealedWriter::new(write, session.sealer)))
@@ -148,7 +226,10 @@ async fn authenticate(
             let _ = write.write_all(&refusal(&text)).await;
             let id = asked.map(|id| {
                 let known = keys.get(&id).is_some();
-                format!(" for key id {id:?}{}", if known { "" } else { " (unknown key id)" })
+                format!(
+                    " for key id {id:?}{}",
+                    if known { "" } else { " (unknown key id)" }
+                )
             });
             Err(format!("{e}{}", id.unwrap_or_default()))
         }
@@ -157,7 +238,11 @@ async fn authenticate(
 
 /// Whether the peer has closed or reset the connection, without reading from it.
 fn peer_closed(fd: RawFd) -> bool {
-    let mut pfd = libc::pollfd { fd, events: libc::POLLRDHUP, revents: 0 };
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
     // SAFETY: one valid pollfd, zero timeout; the fd stays open while the connection task runs.
     let rc = unsafe { libc::poll(&mut pfd, 1, 0) };
     rc > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0

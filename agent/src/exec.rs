@@ -66,7 +66,14 @@ pub struct ExecContext {
 
 enum ClientEvent {
     Cancel(i32),
-    Gone(String),
+    /// The client is gone or broke the protocol. Carries the command's stdin pipe so that it
+    /// stays open until the group is dead: a cut stream must never reach the command as a
+    /// clean end of input it could act on.
+    Gone {
+        reason: String,
+        stdin: Option<ChildStdin>,
+        tampered: bool,
+    },
 }
 
 /// Runs `req` and streams its output to the client; returns when the exchange is over.
@@ -81,7 +88,13 @@ where
     W: AsyncWrite + Unpin,
 {
     let started = Instant::now();
-    let mut outcome = Outcome { status: None, error: None, killed: None, bytes_out: 0, duration: Duration::ZERO };
+    let mut outcome = Outcome {
+        status: None,
+        error: None,
+        killed: None,
+        bytes_out: 0,
+        duration: Duration::ZERO,
+    };
     let mut child = match spawn(&req) {
         Ok(child) => child,
         Err(text) => {
@@ -123,7 +136,9 @@ where
         sending: true,
         bytes_out: 0,
     };
-    let status = pump.run(&mut child, &mut writer, exited_tx, &events_tx).await;
+    let status = pump
+        .run(&mut child, &mut writer, exited_tx, &events_tx)
+        .await;
     outcome.bytes_out = pump.bytes_out;
     reader_task.abort();
     outcome.killed = *why.lock().unwrap_or_else(|e| e.into_inner());
@@ -239,12 +254,20 @@ impl Pump {
             Ok(n) => n,
         };
         if self.sending {
-            let buf = if kind == kind::STDOUT { &mut self.out_buf } else { &mut self.err_buf };
+            let buf = if kind == kind::STDOUT {
+                &mut self.out_buf
+            } else {
+                &mut self.err_buf
+            };
             match writer.send_in_place(kind, buf).await {
                 Ok(()) => self.bytes_out += n as u64,
                 Err(e) => {
                     self.sending = false;
-                    let _ = events.try_send(ClientEvent::Gone(format!("sending output failed: {e}")));
+                    let _ = events.try_send(ClientEvent::Gone {
+                        reason: format!("sending output failed: {e}"),
+                        stdin: None,
+                        tampered: false,
+                    });
                 }
             }
         }
@@ -260,7 +283,10 @@ fn prepare(buf: &mut Vec<u8>) {
 }
 
 /// Reads once from an open pipe into `buf`'s spare room; never resolves for a closed one.
-async fn read_some<P: AsyncRead + Unpin>(pipe: &mut Option<P>, buf: &mut Vec<u8>) -> io::Result<usize> {
+async fn read_some<P: AsyncRead + Unpin>(
+    pipe: &mut Option<P>,
+    buf: &mut Vec<u8>,
+) -> io::Result<usize> {
     match pipe {
         Some(pipe) => pipe.read_buf(buf).await,
         None => std::future::pending().await,
@@ -281,21 +307,33 @@ fn spawn(req: &ExecRequest) -> Result<Child, String> {
                 String::from_utf8_lossy(key)
             ));
         }
-        cmd.env(std::ffi::OsStr::from_bytes(key), std::ffi::OsStr::from_bytes(value));
+        cmd.env(
+            std::ffi::OsStr::from_bytes(key),
+            std::ffi::OsStr::from_bytes(value),
+        );
     }
     if let Some(cwd) = &req.cwd {
         let dir = std::path::Path::new(std::ffi::OsStr::from_bytes(cwd));
         match std::fs::metadata(dir) {
             Ok(meta) if meta.is_dir() => {}
-            Ok(_) => return Err(format!("cannot change to {}: not a directory", dir.display())),
+            Ok(_) => {
+                return Err(format!(
+                    "cannot change to {}: not a directory",
+                    dir.display()
+                ))
+            }
             Err(e) => return Err(format!("cannot change to {}: {e}", dir.display())),
         }
         cmd.current_dir(dir);
     }
-    cmd.stdin(if req.stdin { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
+    cmd.stdin(if req.stdin {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .process_group(0);
     cmd.spawn().map_err(|e| format!("cannot start sh: {e}"))
 }
 
@@ -307,34 +345,23 @@ async fn forward_client<R: AsyncRead + Unpin>(
     events: mpsc::Sender<ClientEvent>,
     peer_closed: Box<dyn Fn() -> bool + Send + Sync>,
 ) {
-    let gone = loop {
+    let (reason, tampered) = loop {
         let msg = match reader.next_client_msg().await {
             Ok(Some(msg)) => msg,
-            Ok(None) => break "client closed the connection".to_owned(),
-            Err(e @ ProtocolError::Integrity) => break format!("{e}"),
-            Err(e) => break format!("client connection failed: {e}"),
+            Ok(None) => break ("client closed the connection".to_owned(), false),
+            Err(e @ ProtocolError::Integrity) => break (format!("{e}"), true),
+            Err(e) => break (format!("client connection failed: {e}"), false),
         };
         match msg {
             ClientMsg::Stdin(data) => {
                 let Some(pipe) = stdin.as_mut() else { continue };
-                // A command that does not read its stdin stalls this write; meanwhile nothing
-                // else is read from the socket, so check now and then that the client is there.
-                let write = pipe.write_all(data);
-                tokio::pin!(write);
-                let mut probe = tokio::time::interval(LIVENESS_PROBE);
-                probe.tick().await;
-                let written = loop {
-                    tokio::select! {
-                        r = &mut write => break r.is_ok(),
-                        _ = probe.tick() => if peer_closed() {
-                            let _ = events.send(ClientEvent::Gone("client closed the connection".into())).await;
-                            return;
-                        },
-                    }
-                };
-                if !written {
+                match write_watching(pipe, data, &*peer_closed).await {
+                    StdinWrite::Done => {}
                     // The command closed its stdin; further input has nowhere to go.
-                    stdin = None;
+                    StdinWrite::Closed => stdin = None,
+                    StdinWrite::PeerGone => {
+                        break ("client closed the connection".to_owned(), false)
+                    }
                 }
             }
             ClientMsg::StdinEof => stdin = None,
@@ -342,11 +369,47 @@ async fn forward_client<R: AsyncRead + Unpin>(
                 let _ = events.send(ClientEvent::Cancel(i32::from(signal))).await;
             }
             ClientMsg::Exec(_) | ClientMsg::Ping => {
-                break "client sent a second request on one connection".to_owned();
+                break (
+                    "client sent a second request on one connection".to_owned(),
+                    false,
+                );
             }
         }
     };
-    let _ = events.send(ClientEvent::Gone(gone)).await;
+    let _ = events
+        .send(ClientEvent::Gone {
+            reason,
+            stdin,
+            tampered,
+        })
+        .await;
+}
+
+enum StdinWrite {
+    Done,
+    Closed,
+    PeerGone,
+}
+
+/// Writes stdin data to the command. A command that does not read its stdin stalls this write,
+/// and meanwhile nothing is read from the socket, so check now and then that the client is there.
+async fn write_watching(
+    pipe: &mut ChildStdin,
+    data: &[u8],
+    peer_closed: &(dyn Fn() -> bool + Send + Sync),
+) -> StdinWrite {
+    let write = pipe.write_all(data);
+    tokio::pin!(write);
+    let mut probe = tokio::time::interval(LIVENESS_PROBE);
+    probe.tick().await;
+    loop {
+        tokio::select! {
+            r = &mut write => return if r.is_ok() { StdinWrite::Done } else { StdinWrite::Closed },
+            _ = probe.tick() => if peer_closed() {
+                return StdinWrite::PeerGone;
+            },
+        }
+    }
 }
 
 /// Kills the process group when the timeout runs out, the client cancels or leaves, or the
@@ -367,6 +430,8 @@ async fn watchdog(
             None => std::future::pending().await,
         }
     };
+    // Held until the group is dead; see ClientEvent::Gone.
+    let mut held_stdin = None;
     let (reason, signal) = tokio::select! {
         biased;
         _ = &mut exited => return,
@@ -374,9 +439,11 @@ async fn watchdog(
         event = events.recv() => match event {
             Some(ClientEvent::Cancel(sig)) if (1..=64).contains(&sig) => (KillReason::Cancel(sig), sig),
             Some(ClientEvent::Cancel(_)) => (KillReason::Cancel(libc::SIGTERM), libc::SIGTERM),
-            Some(ClientEvent::Gone(text)) => {
-                tracing::debug!(pgid, "{text}");
-                (KillReason::ClientGone, libc::SIGTERM)
+            Some(ClientEvent::Gone { reason, stdin, tampered }) => {
+                tracing::debug!(pgid, "{reason}");
+                held_stdin = stdin;
+                // A tampered stream gets no chance to act on what it was fed: no SIGTERM handler.
+                (KillReason::ClientGone, if tampered { libc::SIGKILL } else { libc::SIGTERM })
             }
             None => (KillReason::ClientGone, libc::SIGTERM),
         },
@@ -392,6 +459,7 @@ async fn watchdog(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     kill_group(pgid, libc::SIGKILL);
+    drop(held_stdin);
 }
 
 fn kill_group(pgid: i32, signal: i32) {

@@ -166,19 +166,30 @@ impl KeyRing {
             .map_err(read_err)?;
         let meta = file.metadata().map_err(read_err)?;
         if !meta.is_file() {
-            return Err(KeyFileError::NotRegular { path: path.to_owned() });
+            return Err(KeyFileError::NotRegular {
+                path: path.to_owned(),
+            });
         }
         let mode = meta.mode() & 0o7777;
         if mode & 0o077 != 0 {
-            return Err(KeyFileError::Permissions { path: path.to_owned(), mode });
+            return Err(KeyFileError::Permissions {
+                path: path.to_owned(),
+                mode,
+            });
         }
         // SAFETY: geteuid has no preconditions and cannot fail.
         let euid = unsafe { libc::geteuid() };
         if meta.uid() != euid && meta.uid() != 0 {
-            return Err(KeyFileError::Owner { path: path.to_owned(), owner: meta.uid(), euid });
+            return Err(KeyFileError::Owner {
+                path: path.to_owned(),
+                owner: meta.uid(),
+                euid,
+            });
         }
         if meta.len() > MAX_KEY_FILE_LEN {
-            return Err(KeyFileError::TooLarge { path: path.to_owned() });
+            return Err(KeyFileError::TooLarge {
+                path: path.to_owned(),
+            });
         }
         let mut text = Zeroizing::new(String::new());
         (&mut file)
@@ -335,7 +346,9 @@ mod tests {
 
     #[test]
     fn secret_must_be_plain_hex_digits() {
-        let err = parse(&format!("a {}\n", "+f".repeat(32))).unwrap_err().to_string();
+        let err = parse(&format!("a {}\n", "+f".repeat(32)))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("64 hex digits"), "{err}");
     }
 
@@ -348,7 +361,10 @@ mod tests {
         std::fs::write(&path, generate("a")).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
         let err = KeyRing::load(&path).unwrap_err().to_string();
-        assert!(err.contains("mode 0640") && err.contains(&*path.to_string_lossy()), "{err}");
+        assert!(
+            err.contains("mode 0640") && err.contains(&*path.to_string_lossy()),
+            "{err}"
+        );
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(KeyRing::load(&path).unwrap().len(), 1);
         let err = KeyRing::load(&dir).unwrap_err().to_string();

@@ -220,6 +220,17 @@ impl<'a> ServerMsg<'a> {
                 }
                 let code = r.i32()?;
                 let signal = r.i32()?;
+                // A process ends either with a code or by a signal, never both or neither.
+                if (flags & 1 != 0) == (flags & 2 != 0) {
+                    return Err(ProtocolError::Malformed(
+                        "exit status (needs a code or a signal)",
+                    ));
+                }
+                if flags & 2 != 0 && !(1..=64).contains(&signal) {
+                    return Err(ProtocolError::Malformed(
+                        "exit status (signal out of range)",
+                    ));
+                }
                 Self::Exit(ExitStatus {
                     code: (flags & 1 != 0).then_some(code),
                     signal: (flags & 2 != 0).then_some(signal),
@@ -338,6 +349,11 @@ mod tests {
             signal: Some(9),
             timed_out: true,
         }));
+        server_round_trip(ServerMsg::Exit(ExitStatus {
+            code: Some(0),
+            signal: None,
+            timed_out: true,
+        }));
         server_round_trip(ServerMsg::Error("no such directory".into()));
         server_round_trip(ServerMsg::Pong {
             version: "agent 0.1.0".into(),
@@ -379,5 +395,10 @@ mod tests {
         assert!(ClientMsg::decode(kind::EXEC, &[0x80, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
         assert!(ClientMsg::decode(kind::STDIN_EOF, b"x").is_err());
         assert!(ServerMsg::decode(kind::EXIT, &[8, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
+        // Neither or both of code and signal, and signals outside 1..=64.
+        assert!(ServerMsg::decode(kind::EXIT, &[0, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
+        assert!(ServerMsg::decode(kind::EXIT, &[3, 0, 0, 0, 0, 0, 0, 0, 9]).is_err());
+        assert!(ServerMsg::decode(kind::EXIT, &[2, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0x80]).is_err());
+        assert!(ServerMsg::decode(kind::EXIT, &[2, 0, 0, 0, 0, 0, 0, 0, 65]).is_err());
     }
 }
