@@ -142,15 +142,10 @@ impl ServerHandshake {
         if !dh.was_contributory() {
             return Err(ProtocolError::WeakKey);
         }
+        // Made on every path, so an unknown key id costs exactly what a known one does.
+        let dummy = Secret::from_bytes(random32());
         let known = lookup(hello.key_id);
-        let dummy;
-        let secret = match known {
-            Some(secret) => secret,
-            None => {
-                dummy = Secret::from_bytes(random32());
-                &dummy
-            }
-        };
+        let secret = known.unwrap_or(&dummy);
         let mut transcript = Sha256::new();
         transcript.update(&self.hello);
         transcript.update(frame.header());
@@ -215,7 +210,9 @@ impl ClientHandshake {
         frame: Frame<'_>,
     ) -> Result<(Vec<u8>, AwaitServerProof), ProtocolError> {
         if frame.kind == kind::REFUSED {
-            return Err(refused(frame.payload));
+            // The agent never refuses before its hello for a bad key, so this text is not taken
+            // as a verdict on the key: whoever sent it has proved nothing.
+            return Err(ProtocolError::Refused(printable(frame.payload)));
         }
         if frame.kind != kind::SERVER_HELLO {
             return Err(ProtocolError::UnexpectedFrame(frame.kind));
@@ -297,12 +294,24 @@ impl AwaitServerProof {
     }
 }
 
-fn refused(payload: &[u8]) -> ProtocolError {
-    let text: String = String::from_utf8_lossy(payload)
-        .chars()
-        .filter(|c| !c.is_control())
+/// Refusal text as something safe to print: printable ASCII only, at most 200 characters, so a
+/// peer cannot move the cursor or reorder a terminal line with control or bidi characters.
+fn printable(payload: &[u8]) -> String {
+    payload
+        .iter()
         .take(200)
-        .collect();
+        .map(|&b| {
+            if (0x20..0x7f).contains(&b) {
+                b as char
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
+fn refused(payload: &[u8]) -> ProtocolError {
+    let text = printable(payload);
     if text == AUTH_FAILED {
         ProtocolError::AuthFailed
     } else {
@@ -669,6 +678,16 @@ mod tests {
             Err(ProtocolError::Refused(text)) => {
                 assert_eq!(text, "too many unauthenticated connections")
             }
+            Err(other) => panic!("unexpected error {other}"),
+            Ok(_) => panic!("refusal accepted as a hello"),
+        }
+        // Before the agent's hello even "authentication failed" is only a refusal, and terminal
+        // control and bidi characters are neutralized.
+        let client = ClientHandshake::new("ops", secret(9));
+        match client
+            .receive_server_hello(frame_of(&refusal("authentication failed\u{202e}\x1b[2J")))
+        {
+            Err(ProtocolError::Refused(text)) => assert_eq!(text, "authentication failed????[2J"),
             Err(other) => panic!("unexpected error {other}"),
             Ok(_) => panic!("refusal accepted as a hello"),
         }
