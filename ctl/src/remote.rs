@@ -132,7 +132,11 @@ fn handshake_failure(e: ProtocolError, key_id: &str) -> Failure {
                 .into(),
         ),
         ProtocolError::Refused(text) => Failure::Auth(format!("agent refused the connection: {text}")),
-        ProtocolError::Truncated => Failure::Auth("connection closed during the handshake".into()),
+        ProtocolError::Truncated => Failure::Auth(
+            "connection closed during the handshake (the agent may be at its limit of \
+             unauthenticated connections, or this port is not an agent)"
+                .into(),
+        ),
         ProtocolError::Io(e) => Failure::Auth(format!("connection failed during the handshake: {e}")),
         other => Failure::Auth(format!("handshake failed: {other}")),
     }
@@ -147,6 +151,10 @@ fn stream_failure(e: ProtocolError) -> Failure {
             Failure::Stream("stream truncated: connection closed in the middle of a frame".into())
         }
         ProtocolError::Io(e) => Failure::Stream(format!("connection lost: {e}")),
+        // The agent never sends such frames after authenticating: the length was altered.
+        e @ (ProtocolError::FrameTooLarge { .. } | ProtocolError::EmptyFrame) => Failure::Stream(format!(
+            "integrity check failed: the stream from the agent was altered or corrupted ({e})"
+        )),
         other => Failure::Stream(format!("protocol error from the agent: {other}")),
     }
 }
