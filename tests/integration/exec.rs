@@ -498,3 +498,19 @@ fn command_runs_as_sh_in_its_own_process_group_as_the_agents_user() {
     assert_eq!(run.line(), format!("{tag}\n"));
     assert_eq!(run.code(), 0);
 }
+
+#[test]
+fn a_stream_closed_early_does_not_cut_the_other() {
+    let agent = Agent::start();
+    let run = exec(
+        &agent,
+        "echo before; exec 1>&-; sleep 1; echo still-err >&2; exit 4",
+    )
+    .run();
+    run.expect_code(4);
+    assert_eq!(run.out(), "before\n", "{run}");
+    assert_eq!(run.err(), "still-err\n", "{run}");
+    let run = exec(&agent, "exec 2>&-; echo err-closed; exit 0").run();
+    run.expect_code(0);
+    assert_eq!(run.out(), "err-closed\n", "{run}");
+}

@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader};
 
 use crate::exec::{assert_gone, assert_serving, audit_line, exec_with, Running, WAIT};
-use crate::util::{ctl, exec, marker, scratch, write_key_file, Agent, KillOnDrop};
+use crate::util::{ctl, exec, marker, scratch, write_key_file, Agent, KillGroupOnDrop, KillOnDrop};
 
 /// A command that prints its process group and then sleeps; `tag` marks its shell's command
 /// line so /proc can be searched for it too.
@@ -36,7 +36,7 @@ fn remote_signal_death_gives_128_plus_n() {
 fn timeout_gives_124_and_kills_the_process_group() {
     let agent = Agent::start();
     let tag = marker("timeout");
-    let run = exec_with(&agent, &["--timeout", "1"], &sleeper(&tag))
+    let run = exec_with(&agent, &["--timeout", "2"], &sleeper(&tag))
         .timeout(WAIT)
         .run();
     run.expect_code(124);
@@ -57,7 +57,7 @@ fn timeout_gives_124_and_kills_the_process_group() {
 fn timeout_kills_a_command_that_ignores_sigterm() {
     let agent = Agent::start();
     let tag = marker("timeout-stubborn");
-    let run = exec_with(&agent, &["--timeout", "1"], &stubborn_sleeper(&tag))
+    let run = exec_with(&agent, &["--timeout", "2"], &stubborn_sleeper(&tag))
         .timeout(WAIT)
         .run();
     run.expect_code(124);
@@ -212,4 +212,48 @@ fn idle_agent_stops_cleanly_on_sigterm_and_sigint() {
         run.expect_code(255);
         assert!(run.err().contains(&target), "{run}");
     }
+}
+
+#[test]
+fn agent_killed_mid_command_gives_255_with_one_line() {
+    let agent = Agent::start();
+    let tag = marker("agent-killed");
+    let mut run = Running::start(exec(&agent, &sleeper(&tag)));
+    let pgid = run.pgid();
+    // Nothing is left to end the orphaned command once the agent is gone: the test does.
+    let cleanup = KillGroupOnDrop(pgid);
+    agent.signal(libc::SIGKILL);
+    assert_eq!(
+        run.code(),
+        255,
+        "a cut stream is ctl's error, not the command's status"
+    );
+    let err = run.err.rest(WAIT);
+    assert_eq!(
+        err.lines().count(),
+        1,
+        "one line saying what happened: {err:?}"
+    );
+    assert!(err.contains(&agent.target()), "{err:?}");
+    drop(cleanup);
+    assert_gone(pgid, &tag);
+}
+
+#[test]
+fn unresponsive_agent_past_the_timeout_still_gives_124_and_the_group_dies() {
+    let agent = Agent::start();
+    let tag = marker("agent-stopped-timeout");
+    let mut run = Running::start(exec_with(&agent, &["--timeout", "2"], &sleeper(&tag)));
+    let pgid = run.pgid();
+    let cleanup = KillGroupOnDrop(pgid);
+    // A frozen agent cannot report the timeout; ctl must give up by itself.
+    agent.signal(libc::SIGSTOP);
+    let code = run.code();
+    agent.signal(libc::SIGCONT);
+    assert_eq!(code, 124);
+    assert!(run.err.rest(WAIT).contains("timed out"));
+    // Once it runs again, the agent's own deadline has passed and it kills the group.
+    assert_gone(pgid, &tag);
+    drop(cleanup);
+    assert_serving(&agent);
 }
