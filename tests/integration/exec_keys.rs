@@ -126,6 +126,8 @@ fn key_file_open_to_group_or_others_is_refused_by_ctl() {
         );
     }
     assert!(!ran.exists(), "a command ran with a refused key file");
+    // ctl refused before connecting: the agent saw no client at all.
+    assert!(!agent.log().contains("peer="), "{}", agent.log());
     // Owner-only modes are fine.
     let key = dir.path().join("key-400");
     std::fs::copy(&agent.key_file, &key).unwrap();
@@ -208,7 +210,9 @@ fn malformed_key_file_is_refused_by_ctl_naming_file_and_line() {
         );
     }
     assert!(!ran.exists());
-    assert!(!agent.log().contains("command finished"), "{}", agent.log());
+    // ctl refused before connecting: the agent saw no client at all.
+    assert!(!agent.log().contains("peer="), "{}", agent.log());
+    assert_serving(&agent);
 }
 
 #[test]
