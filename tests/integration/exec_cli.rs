@@ -183,6 +183,11 @@ fn ping_names_each_target_as_given_and_fails_if_any_is_down() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().to_string()
     };
+    let run = ctl(["ping", "--key-file", &key_file, &live, &spelled]).run();
+    run.expect_code(0);
+    assert_eq!(run.out().lines().count(), 2, "one line per target: {run}");
+    assert_eq!(run.err(), "", "{run}");
+
     let run = ctl(["ping", "--key-file", &key_file, &live, &dead, &spelled]).run();
     run.expect_code(255);
     let out = run.out();
