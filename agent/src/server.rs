@@ -16,7 +16,8 @@ use crate::connection;
 /// Every limit and timeout of the agent.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Connections held at once, authenticated or not; beyond it, new ones wait in the backlog.
+    /// Connections held at once, authenticated or not. At the limit a handshake in progress is
+    /// dropped to admit a new connection; when all are authenticated, new ones wait.
     pub max_connections: usize,
     /// Connections still in the handshake; beyond it, one is dropped to make room: the oldest of
     /// the source (IPv4 address or IPv6 /64) that holds the most.
@@ -143,6 +144,17 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// Drops one handshake in progress, if there is any, to free a connection slot for a new
+    /// connection from `ip`; the victim is chosen as at the unauthenticated limit.
+    fn make_room(&self, ip: IpAddr) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if !pending.by_age.is_empty() {
+            pending.evict_one(source_of(ip));
+        }
+    }
+}
+
 impl Pending {
     /// Drops the oldest handshake of the busiest source; `arriving` counts as holding one more.
     fn evict_one(&mut self, arriving: IpAddr) {
@@ -214,13 +226,6 @@ pub async fn run(
     tokio::pin!(shutdown);
 
     loop {
-        let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            () = &mut shutdown => break,
-        };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(conn) => conn,
@@ -232,6 +237,22 @@ pub async fn run(
                 }
             },
             () = &mut shutdown => break,
+        };
+        // Every slot taken: if handshakes in progress hold some, one gives way (chosen as at the
+        // unauthenticated limit), so idle handshakes never keep out a client that would
+        // authenticate. Only when authenticated clients hold them all does the new one wait.
+        let permit = match limit.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                shared.make_room(peer.ip());
+                tokio::select! {
+                    p = limit.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                    () = &mut shutdown => break,
+                }
+            }
         };
         let Some((guard, evicted)) = shared.admit(peer.ip()) else {
             tracing::warn!(%peer, "refused: too many unauthenticated connections from this address");
