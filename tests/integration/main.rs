@@ -1,5 +1,7 @@
 //! Integration tests: the real `agent` and `ctl` binaries on loopback.
 
+mod proxy;
+mod rawclient;
 mod util;
 
 mod exec;
@@ -9,4 +11,6 @@ mod exec_keys;
 mod exec_signals;
 mod fleet;
 mod hardening;
+mod hardening_faults;
+mod hardening_mitm;
 mod ops;
