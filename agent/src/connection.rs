@@ -123,7 +123,9 @@ fn request_rejection(e: &ProtocolError) -> Option<String> {
 /// port can cause them, so beyond this they are counted instead of written.
 const UNAUTHENTICATED_LOG_PER_SEC: u32 = 20;
 
-fn log_unauthenticated_close(peer: SocketAddr, reason: &str) {
+/// Logs why a connection ended before authentication, at most [`UNAUTHENTICATED_LOG_PER_SEC`]
+/// lines a second; the others are counted and their number logged once the second is over.
+pub fn log_unauthenticated_close(peer: SocketAddr, reason: &str) {
     struct Window {
         start: Instant,
         written: u32,

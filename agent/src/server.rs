@@ -255,7 +255,11 @@ pub async fn run(
             }
         };
         let Some((guard, evicted)) = shared.admit(peer.ip()) else {
-            tracing::warn!(%peer, "refused: too many unauthenticated connections from this address");
+            // Rate-limited like every other pre-authentication line: a flood must not flood the log.
+            connection::log_unauthenticated_close(
+                peer,
+                "too many unauthenticated connections from this address",
+            );
             continue;
         };
         let shared = shared.clone();

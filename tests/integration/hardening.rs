@@ -605,3 +605,42 @@ fn bytes_replayed_from_an_earlier_session_run_nothing() {
     assert_eq!(lines_in(&count), 1, "a replayed request ran");
     still_serves(&agent);
 }
+
+#[test]
+fn an_unauthenticated_flood_does_not_flood_the_log() {
+    let agent = Agent::start_with(&["--max-unauthenticated-per-source", "2"]);
+    let capped: IpAddr = "127.0.0.3".parse().unwrap();
+    let noisy: IpAddr = "127.0.0.4".parse().unwrap();
+    let started = Instant::now();
+    // Refused by the per-source bound, and closed for garbage: both are logged, within a rate.
+    let _held = idle_connections(capped, agent.addr, 2);
+    let garbage = |from: IpAddr| {
+        let mut conn = RawConn::from_stream(connect_from(from, agent.addr).expect("connect"));
+        let _ = conn.send(b"\xff\xff\xff\xff");
+        let (_, closed) = conn.drain_until_closed(REACT);
+        assert!(closed, "a refused connection stayed open");
+    };
+    for _ in 0..400 {
+        garbage(capped);
+        garbage(noisy);
+    }
+    // The count of what was left out is logged when the next line is due.
+    assert!(
+        eventually(REACT, || {
+            garbage(noisy);
+            agent.log().contains("were not logged")
+        }),
+        "no line counts the suppressed ones"
+    );
+    let seconds = started.elapsed().as_secs() + 1;
+    let lines = agent
+        .log()
+        .lines()
+        .filter(|l| l.contains("before authentication") || l.contains("too many unauthenticated"))
+        .count() as u64;
+    assert!(
+        lines <= 21 * seconds,
+        "{lines} log lines about unauthenticated connections in {seconds} s"
+    );
+    still_serves(&agent);
+}
