@@ -474,3 +474,71 @@ fn group_exists(pgid: i32) -> bool {
     let rc = unsafe { libc::killpg(pgid, 0) };
     rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
+
+#[cfg(test)]
+mod tests {
+    use rexec_shared::session::{DirectionKeys, Opener, Sealer};
+    use rexec_shared::transport::FrameReader;
+
+    use super::*;
+
+    fn keys(byte: u8) -> DirectionKeys {
+        DirectionKeys {
+            key: [byte; 32],
+            iv: [byte; 12],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_send_counter_at_its_limit_ends_the_exchange_without_reusing_a_nonce() {
+        // Two frames left before the agent's sending counter would wrap (moved there with the
+        // test hook); the command writes without end.
+        let (client_end, agent_end) = tokio::io::duplex(4 << 20);
+        let (agent_read, agent_write) = tokio::io::split(agent_end);
+        let (client_read, _client_write) = tokio::io::split(client_end);
+        let reader = SealedReader::new(FrameReader::new(agent_read), Opener::new(&keys(1)));
+        let mut writer = SealedWriter::new(agent_write, Sealer::new(&keys(2)));
+        writer.set_counter_for_test(u64::MAX - 2);
+        let mut client = SealedReader::new(FrameReader::new(client_read), Opener::new(&keys(2)));
+        client.set_counter_for_test(u64::MAX - 2);
+        let (_stop, shutdown) = watch::channel(false);
+        let ctx = ExecContext {
+            kill_grace: Duration::from_millis(500),
+            shutdown,
+            peer_closed: Box::new(|| false),
+        };
+        let req = ExecRequest {
+            command: b"echo $$; while :; do echo more; done".to_vec(),
+            ..Default::default()
+        };
+        let outcome = tokio::time::timeout(Duration::from_secs(60), run(req, reader, writer, ctx))
+            .await
+            .expect("the exchange ends");
+
+        // The agent stopped sending instead of sealing a third frame, and ended the command.
+        assert_eq!(outcome.killed, Some(KillReason::ClientGone), "{outcome:?}");
+        let mut frames = Vec::new();
+        while let Some(msg) = client
+            .next_server_msg()
+            .await
+            .expect("every frame sent opens")
+        {
+            match msg {
+                ServerMsg::Stdout(data) => frames.push(data.to_vec()),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(
+            frames.len(),
+            2,
+            "frames sent with the last two counters, then a clean end"
+        );
+        let first = String::from_utf8_lossy(&frames[0]).into_owned();
+        let pgid: i32 = first
+            .lines()
+            .next()
+            .and_then(|l| l.parse().ok())
+            .expect("group id");
+        assert!(!group_exists(pgid), "the command's group survived");
+    }
+}
