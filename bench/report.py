@@ -205,6 +205,11 @@ def main():
     w("`127.x.y.z` addresses. Times are hyperfine medians (no shell in between, `-N`) after warm-up")
     w("runs; the run counts are in the command list at the end.")
     w("")
+    w("sshd runs a command as `$SHELL -c`, here bash, which reads `~/.bashrc` when it was started")
+    w("by sshd; the script's sshd sets `SHLVL=1` (`SetEnv`) so that it does not, as the agent's")
+    w("`sh -c` reads no start-up file either: both sides then measure the transport, not the")
+    w("account's shell set-up.")
+    w("")
     w("## Machine")
     w("")
     w("| | |")
@@ -300,7 +305,7 @@ def main():
     w(f"## 2. {size_text} of stdout to /dev/null")
     w("")
     w(f"`head -c {args.bytes} /dev/zero` on the remote side, its stdout to /dev/null on ours.")
-    w("The ssh default cipher is chacha20-poly1305@openssh.com; ours is AES-256-GCM.")
+    w(f"ssh's default cipher here is {machine.get('ssh_cipher', '?')}; ours is AES-256-GCM (ring).")
     w("")
     table([("bulk_ctl", "**ctl exec** (ours)"), ("bulk_ssh", "ssh, default cipher"),
            ("bulk_ssh_aes128gcm", "ssh -c aes128-gcm@openssh.com"),
@@ -378,9 +383,9 @@ def main():
         if frames:
             w("| frame codec | size | time | throughput |")
             w("|---|---:|---:|---:|")
-            for g, s, bps, ns in frames:
-                thr = f"{bps / 1e9:.1f} GB/s" if bps else f"{ns:.1f} ns per frame"
-                w(f"| {g} | {s} | {ns:.0f} ns | {thr} |")
+            for g, s, bps, ns in sorted(frames, key=lambda f: (f[0], int(f[1]) if f[1].isdigit() else 0)):
+                thr = f"{bps / 1e9:.1f} GB/s" if bps else "per frame"
+                w(f"| {g} | {s} | {ns:.1f} ns | {thr} |")
             w("")
 
     w("## Commands")
@@ -393,7 +398,7 @@ def main():
     w("| benchmark | runs | warm-up | command |")
     w("|---|---:|---:|---|")
     for name, runs, warmup, cmd in commands:
-        w(f"| {name} | {runs} | {warmup} | `{cmd}` |")
+        w(f"| {name} | {runs} | {warmup} | `{cmd}` |".replace(" | cat", r" \| cat"))
     w("")
     w("Memory: `/usr/bin/time -f %M ctl exec -P 64 --port $PORT -H ... true` (3 times);")
     w("`bench-hold --count N` against a fresh agent; `ctl exec -n 127.0.0.1:$PORT 'head -c ...'")

@@ -213,6 +213,10 @@ UseDNS no
 PrintMotd no
 PrintLastLog no
 X11Forwarding no
+# sshd runs a command as \$SHELL -c; Debian's bash then reads ~/.bashrc when it sees it was
+# started by sshd, unless SHLVL says it is nested. The agent runs plain sh -c, which reads no
+# rc file: so that both measure the transport and not the account's shell start-up files.
+SetEnv SHLVL=1
 # pdsh opens up to $PARALLEL connections at once; the default (10:30:100) would drop some.
 MaxStartups 1024
 MaxSessions 64
@@ -249,6 +253,12 @@ done
 log "sshd listening on 0.0.0.0:$SPORT"
 
 "${SSH[@]}" -o ControlMaster=yes -o ControlPath="$TMP/cm.sock" -o ControlPersist=yes -fN 127.0.0.1
+# The cipher ssh negotiates by default with this server: its first preference.
+SSH_CIPHER=$("${SSH[@]}" -G 127.0.0.1 | awk '$1 == "ciphers" {split($2, c, ","); print c[1]}')
+python3 - "$RESULTS/machine.json" "$SSH_CIPHER" <<'EOF'
+import json, sys
+m = json.load(open(sys.argv[1])); m["ssh_cipher"] = sys.argv[2]; json.dump(m, open(sys.argv[1], "w"), indent=1)
+EOF
 CM_PID=$("${SSH[@]}" -o ControlPath="$TMP/cm.sock" -O check 127.0.0.1 2>&1 | sed -n 's/.*pid=\([0-9]*\).*/\1/p')
 [ -n "$CM_PID" ] || die "ssh ControlMaster did not start"
 PIDS+=("$CM_PID")
