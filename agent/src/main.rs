@@ -46,12 +46,12 @@ struct Cli {
     #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:50007")]
     listen: SocketAddr,
 
-    /// Most connections held at once; more wait in the kernel's backlog.
+    /// Most connections held at once; at the limit, one still authenticating gives way.
     #[arg(long, value_name = "N", default_value_t = Config::default().max_connections,
           value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
     max_connections: usize,
 
-    /// Most connections still authenticating; the oldest is dropped to admit a new one.
+    /// Most connections still authenticating; the busiest source's oldest gives way.
     #[arg(long, value_name = "N", default_value_t = Config::default().max_unauthenticated,
           value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
     max_unauthenticated: usize,
