@@ -136,8 +136,14 @@ struct Pair {
 }
 
 fn established_pair() -> Pair {
-    let c2s = DirectionKeys { key: [0x11; 32], iv: [0x12; 12] };
-    let s2c = DirectionKeys { key: [0x21; 32], iv: [0x22; 12] };
+    let c2s = DirectionKeys {
+        key: [0x11; 32],
+        iv: [0x12; 12],
+    };
+    let s2c = DirectionKeys {
+        key: [0x21; 32],
+        iv: [0x22; 12],
+    };
     Pair {
         client_sealer: Sealer::new(&c2s),
         client_opener: Opener::new(&s2c),
