@@ -95,9 +95,13 @@ Exit status:
   2  usage error";
 
 fn parse_secs(text: &str) -> Result<Duration, String> {
-    let secs: f64 = text.parse().map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    let secs: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
     if !(secs > 0.0 && secs <= 86_400.0 * 365.0) {
-        return Err(format!("{text} is out of range (more than 0, at most a year)"));
+        return Err(format!(
+            "{text} is out of range (more than 0, at most a year)"
+        ));
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -106,7 +110,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let format = cli.log_format;
     logging::init(format, cli.log_level.as_deref());
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             logging::fatal(format, &format!("cannot start the async runtime: {e}"));
@@ -132,13 +139,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         kill_grace: cli.kill_grace,
         ..Config::default()
     };
-    let mut sigterm = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    let mut sigterm =
+        signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut sigint =
+        signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
     let listener = TcpListener::bind(cli.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cli.listen))?;
-    let addr = listener.local_addr().context("cannot read the bound address")?;
+    let addr = listener
+        .local_addr()
+        .context("cannot read the bound address")?;
     let key_file = cli.key_file.display();
     tracing::info!(target: LIFECYCLE, keys = keys.len(), %key_file, "loaded the key file");
     // The address ends the line (no fields follow) so that scripts can take the last word.

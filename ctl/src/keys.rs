@@ -34,7 +34,9 @@ pub fn load(path: Option<&Path>, key_id: Option<&str>) -> anyhow::Result<KeyEntr
         Some(id) => ring
             .entry(id)
             .with_context(|| format!("key file {} has no key with id {id:?}", path.display()))?,
-        None => ring.first().with_context(|| format!("key file {} holds no keys", path.display()))?,
+        None => ring
+            .first()
+            .with_context(|| format!("key file {} holds no keys", path.display()))?,
     };
     Ok(entry.clone())
 }

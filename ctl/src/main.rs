@@ -92,7 +92,12 @@ Examples:
 #[derive(Debug, Args)]
 struct KeyArgs {
     /// Key file [default: $CTL_KEY_FILE, else ~/.config/rexec/key].
-    #[arg(long, value_name = "PATH", env = "CTL_KEY_FILE", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "CTL_KEY_FILE",
+        hide_env_values = true
+    )]
     key_file: Option<PathBuf>,
 
     /// Use the key with this id instead of the file's first one.
@@ -104,7 +109,12 @@ struct KeyArgs {
 #[derive(Debug, Args)]
 struct TargetArgs {
     /// Targets, comma-separated (repeatable); selects many-target output even for one.
-    #[arg(short = 'H', long = "hosts", value_name = "TARGET,...", value_delimiter = ',')]
+    #[arg(
+        short = 'H',
+        long = "hosts",
+        value_name = "TARGET,...",
+        value_delimiter = ','
+    )]
     hosts: Vec<String>,
 
     /// File with one target per line (blank lines and # comments skipped).
@@ -204,9 +214,13 @@ struct CompletionsArgs {
 }
 
 fn parse_secs(text: &str) -> Result<Duration, String> {
-    let secs: f64 = text.parse().map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    let secs: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
     if !(secs > 0.0 && secs <= 86_400.0 * 365.0) {
-        return Err(format!("{text} is out of range (more than 0, at most a year)"));
+        return Err(format!(
+            "{text} is out of range (more than 0, at most a year)"
+        ));
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -220,7 +234,10 @@ fn parse_env(text: &str) -> Result<(String, String), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ctl: cannot start the async runtime: {e}");
@@ -258,7 +275,8 @@ fn fleet_targets(args: &TargetArgs, extra: &[String]) -> Result<Vec<Target>, Str
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            Target::parse(line, args.port).map_err(|e| format!("hosts file {}, line {}: {e}", path.display(), n + 1))?;
+            Target::parse(line, args.port)
+                .map_err(|e| format!("hosts file {}, line {}: {e}", path.display(), n + 1))?;
             spellings.push(line.to_owned());
         }
     }
@@ -293,7 +311,10 @@ async fn exec(args: ExecArgs) -> u8 {
     };
     let command = match &script {
         // `sh -s ARGS` reads the script from stdin and gives it ARGS as $1...
-        Some(_) => std::iter::once("sh -s --".to_owned()).chain(words.iter().map(|w| shell_quote(w))).collect::<Vec<_>>().join(" "),
+        Some(_) => std::iter::once("sh -s --".to_owned())
+            .chain(words.iter().map(|w| shell_quote(w)))
+            .collect::<Vec<_>>()
+            .join(" "),
         None if words.is_empty() => return usage_error("missing COMMAND to run"),
         None => words.join(" "),
     };
@@ -303,7 +324,11 @@ async fn exec(args: ExecArgs) -> u8 {
     };
     let request = ExecRequest {
         command: command.into_bytes(),
-        env: args.env.iter().map(|(k, v)| (k.clone().into_bytes(), v.clone().into_bytes())).collect(),
+        env: args
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone().into_bytes(), v.clone().into_bytes()))
+            .collect(),
         cwd: args.cwd.clone().map(String::into_bytes),
         timeout_ms: args.timeout.map(|t| t.as_millis().max(1) as u64),
         stdin: script.is_some() || (single.is_some() && !args.no_stdin),
@@ -317,8 +342,16 @@ async fn exec(args: ExecArgs) -> u8 {
                 None => (!args.no_stdin).then(forward_stdin),
             };
             let mut out = output::Passthrough::new();
-            let outcome =
-                remote::exec(&target, &key, request, args.targets.connect_timeout, stdin, cancel_rx, &mut out).await;
+            let outcome = remote::exec(
+                &target,
+                &key,
+                request,
+                args.targets.connect_timeout,
+                stdin,
+                cancel_rx,
+                &mut out,
+            )
+            .await;
             if let Some(sig) = *interrupted.borrow() {
                 return 128 + sig as u8;
             }
@@ -330,7 +363,9 @@ async fn exec(args: ExecArgs) -> u8 {
             let targets = match single {
                 Some(target) => vec![target],
                 None => match fleet_targets(&args.targets, &[]) {
-                    Ok(t) if t.is_empty() => return usage_error("no targets: -H and --hosts-file named none"),
+                    Ok(t) if t.is_empty() => {
+                        return usage_error("no targets: -H and --hosts-file named none")
+                    }
                     Ok(t) => t,
                     Err(e) => return usage_error(e),
                 },
@@ -386,7 +421,8 @@ fn shell_quote(word: &str) -> String {
 /// in time. Returns the signal received, if any.
 fn watch_signals(cancel: watch::Sender<Option<i32>>) -> watch::Receiver<Option<i32>> {
     let interrupted = cancel.subscribe();
-    let installed = signal(SignalKind::interrupt()).and_then(|int| Ok((int, signal(SignalKind::terminate())?)));
+    let installed =
+        signal(SignalKind::interrupt()).and_then(|int| Ok((int, signal(SignalKind::terminate())?)));
     match installed {
         Ok((mut sigint, mut sigterm)) => {
             tokio::spawn(async move {
@@ -396,7 +432,9 @@ fn watch_signals(cancel: watch::Sender<Option<i32>>) -> watch::Receiver<Option<i
                 };
                 let _ = cancel.send(Some(sig));
                 tokio::time::sleep(CANCEL_WAIT).await;
-                eprintln!("ctl: remote side did not confirm the cancel within {CANCEL_WAIT:?}; exiting");
+                eprintln!(
+                    "ctl: remote side did not confirm the cancel within {CANCEL_WAIT:?}; exiting"
+                );
                 std::process::exit(128 + sig);
             });
         }
@@ -454,7 +492,13 @@ async fn ping(args: PingArgs) -> u8 {
         Ok(key) => key,
         Err(e) => return usage_error(format!("{e:#}")),
     };
-    ping_all(targets, key, args.targets.connect_timeout, args.targets.parallel as usize).await
+    ping_all(
+        targets,
+        key,
+        args.targets.connect_timeout,
+        args.targets.parallel as usize,
+    )
+    .await
 }
 
 /// Pings every target, up to `parallel` at once, printing one line each as they answer.
@@ -472,9 +516,15 @@ async fn ping_all(targets: Vec<Target>, key: KeyEntry, timeout: Duration, parall
     }
     let mut worst = 0;
     while let Some(joined) = tasks.join_next().await {
-        let Ok((target, result)) = joined else { continue };
+        let Ok((target, result)) = joined else {
+            continue;
+        };
         match result {
-            Ok(pong) => println!("{target}: ok {:.2} ms {}", pong.rtt.as_secs_f64() * 1000.0, pong.version),
+            Ok(pong) => println!(
+                "{target}: ok {:.2} ms {}",
+                pong.rtt.as_secs_f64() * 1000.0,
+                pong.version
+            ),
             Err(failure) => {
                 eprintln!("{target}: {failure}");
                 worst = EXIT_UNREACHABLE;
@@ -502,12 +552,19 @@ fn completions(args: CompletionsArgs) -> u8 {
 fn keygen(args: KeygenArgs) -> u8 {
     // An invalid id is a usage error whether or not -o is given.
     if !rexec_shared::keyfile::valid_key_id(&args.id) {
-        return usage_error(format!("invalid key id {:?}: use 1-64 characters of A-Z a-z 0-9 . _ -", args.id));
+        return usage_error(format!(
+            "invalid key id {:?}: use 1-64 characters of A-Z a-z 0-9 . _ -",
+            args.id
+        ));
     }
     match &args.output {
         Some(path) => match keys::write_new(path, &args.id) {
             Ok(()) => {
-                eprintln!("ctl: wrote key {:?} to {} (mode 0600)", args.id, path.display());
+                eprintln!(
+                    "ctl: wrote key {:?} to {} (mode 0600)",
+                    args.id,
+                    path.display()
+                );
                 0
             }
             Err(e) => {

@@ -70,8 +70,12 @@ impl Outcome {
         }
         match self.status {
             Some(s) if s.timed_out => 124,
-            Some(ExitStatus { code: Some(code), .. }) => (code & 0xff) as u8,
-            Some(ExitStatus { signal: Some(sig), .. }) => (128 + sig).clamp(0, 255) as u8,
+            Some(ExitStatus {
+                code: Some(code), ..
+            }) => (code & 0xff) as u8,
+            Some(ExitStatus {
+                signal: Some(sig), ..
+            }) => (128 + sig).clamp(0, 255) as u8,
             _ => 255,
         }
     }
@@ -84,7 +88,11 @@ pub struct Connection {
 }
 
 /// Resolves `target`, connects and authenticates, all within `timeout`.
-pub async fn connect(target: &Target, key: &KeyEntry, timeout: Duration) -> Result<Connection, Failure> {
+pub async fn connect(
+    target: &Target,
+    key: &KeyEntry,
+    timeout: Duration,
+) -> Result<Connection, Failure> {
     let deadline = Instant::now() + timeout;
     let stream = tokio::time::timeout_at(deadline.into(), tcp_connect(target))
         .await
@@ -92,7 +100,10 @@ pub async fn connect(target: &Target, key: &KeyEntry, timeout: Duration) -> Resu
     let (read, write) = stream.into_split();
     let handshake = client_handshake(read, write, &key.id, key.secret.clone());
     match tokio::time::timeout_at(deadline.into(), handshake).await {
-        Err(_) => Err(Failure::Auth(format!("timed out authenticating after {}", secs(timeout)))),
+        Err(_) => Err(Failure::Auth(format!(
+            "timed out authenticating after {}",
+            secs(timeout)
+        ))),
         Ok(Err(e)) => Err(handshake_failure(e, &key.id)),
         Ok(Ok((reader, writer))) => Ok(Connection { reader, writer }),
     }
@@ -145,16 +156,19 @@ fn handshake_failure(e: ProtocolError, key_id: &str) -> Failure {
 fn stream_failure(e: ProtocolError) -> Failure {
     match e {
         ProtocolError::Integrity => Failure::Stream(
-            "integrity check failed: the stream from the agent was altered, reordered or replayed".into(),
+            "integrity check failed: the stream from the agent was altered, reordered or replayed"
+                .into(),
         ),
         ProtocolError::Truncated => {
             Failure::Stream("stream truncated: connection closed in the middle of a frame".into())
         }
         ProtocolError::Io(e) => Failure::Stream(format!("connection lost: {e}")),
         // The agent never sends such frames after authenticating: the length was altered.
-        e @ (ProtocolError::FrameTooLarge { .. } | ProtocolError::EmptyFrame) => Failure::Stream(format!(
-            "integrity check failed: the stream from the agent was altered or corrupted ({e})"
-        )),
+        e @ (ProtocolError::FrameTooLarge { .. } | ProtocolError::EmptyFrame) => {
+            Failure::Stream(format!(
+                "integrity check failed: the stream from the agent was altered or corrupted ({e})"
+            ))
+        }
         other => Failure::Stream(format!("protocol error from the agent: {other}")),
     }
 }
@@ -178,13 +192,20 @@ pub async fn exec<O: Output>(
     out: &mut O,
 ) -> Outcome {
     let started = Instant::now();
-    let local_deadline = req.timeout_ms.map(|ms| started + Duration::from_millis(ms) + LOCAL_TIMEOUT_SLACK);
+    let local_deadline = req
+        .timeout_ms
+        .map(|ms| started + Duration::from_millis(ms) + LOCAL_TIMEOUT_SLACK);
     let result = async {
         let conn = connect(target, key, connect_timeout).await?;
         run_exec(conn, req, stdin, cancel, local_deadline, out).await
     }
     .await;
-    let mut outcome = Outcome { status: None, failure: None, local_timeout: false, duration: started.elapsed() };
+    let mut outcome = Outcome {
+        status: None,
+        failure: None,
+        local_timeout: false,
+        duration: started.elapsed(),
+    };
     match result {
         Ok(Some(status)) => outcome.status = Some(status),
         Ok(None) => outcome.local_timeout = true,
@@ -202,7 +223,10 @@ async fn run_exec<O: Output>(
     local_deadline: Option<Instant>,
     out: &mut O,
 ) -> Result<Option<ExitStatus>, Failure> {
-    let Connection { mut reader, mut writer } = conn;
+    let Connection {
+        mut reader,
+        mut writer,
+    } = conn;
     let wants_stdin = req.stdin;
     writer
         .send_client(&ClientMsg::Exec(req))
@@ -214,7 +238,11 @@ async fn run_exec<O: Output>(
     let forward_signal = {
         let cancel_tx = cancel_tx.clone();
         async move {
-            let sig = cancel.wait_for(Option::is_some).await.ok().and_then(|sig| *sig);
+            let sig = cancel
+                .wait_for(Option::is_some)
+                .await
+                .ok()
+                .and_then(|sig| *sig);
             if let Some(sig) = sig {
                 let _ = cancel_tx.send(sig).await;
             }
@@ -224,41 +252,47 @@ async fn run_exec<O: Output>(
     let signal_task = tokio::spawn(forward_signal);
 
     let mut stdout_open = true;
-    let result = loop {
-        let next = tokio::select! {
-            msg = reader.next_server_msg() => msg,
-            () = sleep_until(local_deadline) => break Ok(None),
-        };
-        match next {
-            Ok(Some(ServerMsg::Stdout(data))) => {
-                if stdout_open {
-                    if let Err(e) = out.stdout(data) {
-                        // Like a local pipeline: a closed stdout ends the command with SIGPIPE.
-                        stdout_open = false;
-                        if e.kind() == io::ErrorKind::BrokenPipe {
-                            let _ = cancel_tx.try_send(libc::SIGPIPE);
-                        } else {
-                            let _ = cancel_tx.try_send(libc::SIGTERM);
+    let result =
+        loop {
+            let next = tokio::select! {
+                msg = reader.next_server_msg() => msg,
+                () = sleep_until(local_deadline) => break Ok(None),
+            };
+            match next {
+                Ok(Some(ServerMsg::Stdout(data))) => {
+                    if stdout_open {
+                        if let Err(e) = out.stdout(data) {
+                            // Like a local pipeline: a closed stdout ends the command with SIGPIPE.
+                            stdout_open = false;
+                            if e.kind() == io::ErrorKind::BrokenPipe {
+                                let _ = cancel_tx.try_send(libc::SIGPIPE);
+                            } else {
+                                let _ = cancel_tx.try_send(libc::SIGTERM);
+                            }
                         }
                     }
                 }
+                Ok(Some(ServerMsg::Stderr(data))) => {
+                    let _ = out.stderr(data);
+                }
+                Ok(Some(ServerMsg::Exit(status))) => break Ok(Some(status)),
+                Ok(Some(ServerMsg::Error(text))) => {
+                    break Err(Failure::Agent(format!(
+                        "agent could not run the command: {text}"
+                    )))
+                }
+                Ok(Some(ServerMsg::Pong { .. })) => {
+                    break Err(Failure::Stream(
+                        "protocol error: agent answered a ping to an exec".into(),
+                    ))
+                }
+                Ok(None) => break Err(Failure::Stream(
+                    "stream truncated: connection closed before the command's exit status arrived"
+                        .into(),
+                )),
+                Err(e) => break Err(stream_failure(e)),
             }
-            Ok(Some(ServerMsg::Stderr(data))) => {
-                let _ = out.stderr(data);
-            }
-            Ok(Some(ServerMsg::Exit(status))) => break Ok(Some(status)),
-            Ok(Some(ServerMsg::Error(text))) => break Err(Failure::Agent(format!("agent could not run the command: {text}"))),
-            Ok(Some(ServerMsg::Pong { .. })) => {
-                break Err(Failure::Stream("protocol error: agent answered a ping to an exec".into()))
-            }
-            Ok(None) => {
-                break Err(Failure::Stream(
-                    "stream truncated: connection closed before the command's exit status arrived".into(),
-                ))
-            }
-            Err(e) => break Err(stream_failure(e)),
-        }
-    };
+        };
     sender.abort();
     signal_task.abort();
     result
@@ -322,16 +356,29 @@ pub struct Pong {
 
 /// Connects, authenticates and asks the agent for its version.
 pub async fn ping(target: &Target, key: &KeyEntry, timeout: Duration) -> Result<Pong, Failure> {
-    let Connection { mut reader, mut writer } = connect(target, key, timeout).await?;
+    let Connection {
+        mut reader,
+        mut writer,
+    } = connect(target, key, timeout).await?;
     let sent = Instant::now();
-    writer.send_client(&ClientMsg::Ping).await.map_err(stream_failure)?;
+    writer
+        .send_client(&ClientMsg::Ping)
+        .await
+        .map_err(stream_failure)?;
     let answer = tokio::time::timeout(timeout, reader.next_server_msg())
         .await
         .map_err(|_| Failure::Stream(format!("no answer to the ping within {}", secs(timeout))))?;
     match answer {
-        Ok(Some(ServerMsg::Pong { version })) => Ok(Pong { rtt: sent.elapsed(), version }),
-        Ok(Some(_)) => Err(Failure::Stream("protocol error: agent did not answer the ping with a pong".into())),
-        Ok(None) => Err(Failure::Stream("stream truncated: connection closed before the pong".into())),
+        Ok(Some(ServerMsg::Pong { version })) => Ok(Pong {
+            rtt: sent.elapsed(),
+            version,
+        }),
+        Ok(Some(_)) => Err(Failure::Stream(
+            "protocol error: agent did not answer the ping with a pong".into(),
+        )),
+        Ok(None) => Err(Failure::Stream(
+            "stream truncated: connection closed before the pong".into(),
+        )),
         Err(e) => Err(stream_failure(e)),
     }
 }

@@ -25,7 +25,14 @@ impl Target {
             let (host, after) = rest.split_once(']').ok_or_else(|| bad("missing ']'"))?;
             match after {
                 "" => (host, None),
-                _ => (host, Some(after.strip_prefix(':').ok_or_else(|| bad("expected ':' after ']'"))?)),
+                _ => (
+                    host,
+                    Some(
+                        after
+                            .strip_prefix(':')
+                            .ok_or_else(|| bad("expected ':' after ']'"))?,
+                    ),
+                ),
             }
         } else if spelling.matches(':').count() > 1 {
             // A bare IPv6 address: the port cannot be given without brackets.
@@ -39,7 +46,10 @@ impl Target {
         if host.is_empty() {
             return Err(bad("empty host"));
         }
-        if host.chars().any(|c| c.is_whitespace() || c.is_control() || c == '/') {
+        if host
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '/')
+        {
             return Err(bad("host contains a space, '/' or a control character"));
         }
         let port = match port {
@@ -50,7 +60,11 @@ impl Target {
             },
         };
         let host = host.to_owned();
-        Ok(Self { spelling, host, port })
+        Ok(Self {
+            spelling,
+            host,
+            port,
+        })
     }
 
     /// `host:port` in the form the resolver takes.
@@ -87,7 +101,9 @@ mod tests {
 
     #[test]
     fn rejected_forms_say_why() {
-        for bad in ["", ":22", "h:0", "h:x", "h:70000", "[::1", "[::1]x", "a b", "h/x"] {
+        for bad in [
+            "", ":22", "h:0", "h:x", "h:70000", "[::1", "[::1]x", "a b", "h/x",
+        ] {
             let err = Target::parse(bad, 50007).unwrap_err();
             assert!(err.contains("invalid target"), "{bad}: {err}");
         }

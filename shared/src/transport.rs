@@ -187,7 +187,11 @@ impl<W: AsyncWrite + Unpin> SealedWriter<W> {
     /// Seals `buf` in place and sends it: `buf` holds [`HEADER_LEN`] placeholder bytes followed
     /// by the plaintext. The agent reads pipe output straight into such a buffer, so output
     /// reaches the socket with no copy of its own.
-    pub async fn send_in_place(&mut self, kind: u8, buf: &mut Vec<u8>) -> Result<(), ProtocolError> {
+    pub async fn send_in_place(
+        &mut self,
+        kind: u8,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), ProtocolError> {
         self.sealer.seal_in_place(kind, buf, 0)?;
         self.inner.write_all(buf).await?;
         Ok(())

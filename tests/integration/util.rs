@@ -20,7 +20,10 @@ pub fn bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     let dir = BUILT.get_or_init(|| {
         let exe = std::env::current_exe().expect("test executable path");
-        let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps layout");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>/deps layout");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.args(["build", "--quiet", "-p", "agent", "-p", "ctl"]);
@@ -43,14 +46,19 @@ pub fn scratch() -> tempfile::TempDir {
 pub fn write_key_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).expect("write key file");
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod key file");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .expect("chmod key file");
     path
 }
 
 /// A fresh key line `<id> <64 hex>`.
 pub fn key_line(id: &str) -> String {
     let text = rexec_shared::keyfile::generate(id);
-    text.lines().find(|l| !l.starts_with('#')).expect("key line").to_owned() + "\n"
+    text.lines()
+        .find(|l| !l.starts_with('#'))
+        .expect("key line")
+        .to_owned()
+        + "\n"
 }
 
 /// A running agent, stopped (by its pid) when dropped.
@@ -85,7 +93,12 @@ impl Agent {
 
     /// An agent listening on `listen` (a loopback address, e.g. `[::1]:0`), using `key_file`
     /// (inside `dir`) and extra arguments.
-    pub fn start_on(listen: &str, dir: tempfile::TempDir, key_file: PathBuf, args: &[&str]) -> Self {
+    pub fn start_on(
+        listen: &str,
+        dir: tempfile::TempDir,
+        key_file: PathBuf,
+        args: &[&str],
+    ) -> Self {
         let mut child = Command::new(bin("agent"))
             .arg("--key-file")
             .arg(&key_file)
@@ -114,10 +127,19 @@ impl Agent {
                 log.push('\n');
             }
         });
-        let mut agent = Self { child: Some(child), addr: "0.0.0.0:0".parse().unwrap(), key_file, log, dir };
+        let mut agent = Self {
+            child: Some(child),
+            addr: "0.0.0.0:0".parse().unwrap(),
+            key_file,
+            log,
+            dir,
+        };
         match rx.recv_timeout(Duration::from_secs(20)) {
             Ok(line) => agent.addr = parse_listening(&line),
-            Err(_) => panic!("agent did not print a listening line; log:\n{}", agent.log()),
+            Err(_) => panic!(
+                "agent did not print a listening line; log:\n{}",
+                agent.log()
+            ),
         }
         agent
     }
@@ -129,7 +151,10 @@ impl Agent {
 
     /// The agent's pid.
     pub fn pid(&self) -> i32 {
-        self.child.as_ref().map(|c| c.id() as i32).expect("agent running")
+        self.child
+            .as_ref()
+            .map(|c| c.id() as i32)
+            .expect("agent running")
     }
 
     /// Everything the agent wrote to stderr so far.
@@ -145,7 +170,10 @@ impl Agent {
             if log.contains(needle) {
                 return log;
             }
-            assert!(Instant::now() < end, "agent log never contained {needle:?}; log:\n{log}");
+            assert!(
+                Instant::now() < end,
+                "agent log never contained {needle:?}; log:\n{log}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -163,7 +191,10 @@ impl Agent {
         wait_bounded(&mut child, Duration::from_secs(30)).unwrap_or_else(|| {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("agent did not exit within 30s of SIGTERM; log:\n{}", self.log())
+            panic!(
+                "agent did not exit within 30s of SIGTERM; log:\n{}",
+                self.log()
+            )
         })
     }
 
@@ -229,7 +260,9 @@ pub struct Run {
 impl Run {
     /// Exit code (panics with the run's details if killed by a signal).
     pub fn code(&self) -> i32 {
-        self.status.code().unwrap_or_else(|| panic!("ctl killed by a signal\n{self}"))
+        self.status
+            .code()
+            .unwrap_or_else(|| panic!("ctl killed by a signal\n{self}"))
     }
 
     /// Stdout as text.
@@ -245,7 +278,11 @@ impl Run {
     /// Asserts the exit code, printing the run on failure.
     #[track_caller]
     pub fn expect_code(&self, code: i32) -> &Self {
-        assert_eq!(self.status.code(), Some(code), "unexpected exit status\n{self}");
+        assert_eq!(
+            self.status.code(),
+            Some(code),
+            "unexpected exit status\n{self}"
+        );
         self
     }
 }
@@ -254,7 +291,11 @@ impl std::fmt::Display for Run {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let clip = |b: &[u8]| {
             let s = String::from_utf8_lossy(&b[..b.len().min(4000)]).into_owned();
-            if b.len() > 4000 { s + "...(cut)" } else { s }
+            if b.len() > 4000 {
+                s + "...(cut)"
+            } else {
+                s
+            }
         };
         write!(
             f,
@@ -287,13 +328,26 @@ where
         .chain(args.iter().map(|a| a.to_string_lossy().into_owned()))
         .collect::<Vec<_>>()
         .join(" ");
-    cmd.args(&args).env_remove("CTL_KEY_FILE").env_remove("CTL_PORT");
-    Ctl { cmd, stdin: None, timeout: CTL_TIMEOUT, cmdline }
+    cmd.args(&args)
+        .env_remove("CTL_KEY_FILE")
+        .env_remove("CTL_PORT");
+    Ctl {
+        cmd,
+        stdin: None,
+        timeout: CTL_TIMEOUT,
+        cmdline,
+    }
 }
 
 /// `ctl exec --key-file KEY TARGET COMMAND` against `agent`.
 pub fn exec(agent: &Agent, command: &str) -> Ctl {
-    ctl(["exec".as_ref(), "--key-file".as_ref(), agent.key_file.as_os_str(), agent.target().as_ref(), command.as_ref()])
+    ctl([
+        "exec".as_ref(),
+        "--key-file".as_ref(),
+        agent.key_file.as_os_str(),
+        agent.target().as_ref(),
+        command.as_ref(),
+    ])
 }
 
 impl Ctl {
@@ -317,13 +371,19 @@ impl Ctl {
 
     /// Starts ctl with piped stdio and returns the child (the caller must stop it).
     pub fn spawn(mut self) -> Child {
-        self.cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        self.cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         self.cmd.spawn().expect("spawn ctl")
     }
 
     /// Runs ctl to completion within the time bound.
     pub fn run(mut self) -> Run {
-        self.cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        self.cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = self.cmd.spawn().expect("spawn ctl");
         let mut stdin = child.stdin.take().expect("stdin");
         let input = self.stdin.take().unwrap_or_default();
@@ -341,7 +401,12 @@ impl Ctl {
             }
         };
         let _ = feeder.join();
-        Run { cmdline: self.cmdline, status, stdout: out.join().unwrap(), stderr: err.join().unwrap() }
+        Run {
+            cmdline: self.cmdline,
+            status,
+            stdout: out.join().unwrap(),
+            stderr: err.join().unwrap(),
+        }
     }
 }
 
@@ -358,8 +423,12 @@ pub fn reader(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<V
 pub fn pids_matching(needle: &str) -> Vec<i32> {
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
         let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .ok()
@@ -390,7 +459,11 @@ pub fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 pub fn marker(tag: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("rexec-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "rexec-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// `agent ARGS...` run to completion within the time bound, for starts that must fail (a
@@ -407,7 +480,12 @@ where
         .join(" ");
     let mut cmd = Command::new(bin("agent"));
     cmd.args(&args);
-    Ctl { cmd, stdin: None, timeout: CTL_TIMEOUT, cmdline }
+    Ctl {
+        cmd,
+        stdin: None,
+        timeout: CTL_TIMEOUT,
+        cmdline,
+    }
 }
 
 /// A spawned child that is killed (by its pid) and reaped when dropped, so a failing test
@@ -424,7 +502,8 @@ impl KillOnDrop {
     /// Waits for the child for at most `timeout`, panicking with `what` if it does not exit.
     #[track_caller]
     pub fn wait_within(&mut self, timeout: Duration, what: &str) -> ExitStatus {
-        wait_bounded(&mut self.0, timeout).unwrap_or_else(|| panic!("{what}: did not exit within {timeout:?}"))
+        wait_bounded(&mut self.0, timeout)
+            .unwrap_or_else(|| panic!("{what}: did not exit within {timeout:?}"))
     }
 }
 
@@ -466,7 +545,10 @@ impl LineReader {
                 match pipe.read_until(b'\n', &mut line) {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {
-                        if tx.send(String::from_utf8_lossy(&line).into_owned()).is_err() {
+                        if tx
+                            .send(String::from_utf8_lossy(&line).into_owned())
+                            .is_err()
+                        {
                             break;
                         }
                     }
@@ -499,10 +581,16 @@ impl LineReader {
 pub fn group_members(pgid: i32) -> Vec<i32> {
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
         // Fields after the command name: state, ppid, pgrp, ...
-        let Some((_, rest)) = stat.rsplit_once(") ") else { continue };
+        let Some((_, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
         let mut fields = rest.split_whitespace();
         let state = fields.next().unwrap_or("Z");
         let pgrp = fields.nth(1).and_then(|f| f.parse::<i32>().ok());
