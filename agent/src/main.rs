@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::builder::TypedValueParser;
 use clap::Parser;
+use rexec_shared::cli::parse_secs;
 use rexec_shared::keyfile::KeyRing;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
@@ -93,18 +94,6 @@ Exit status:
   0  stopped cleanly (SIGTERM, SIGINT)
   1  the key file is unusable, or the address cannot be bound
   2  usage error";
-
-fn parse_secs(text: &str) -> Result<Duration, String> {
-    let secs: f64 = text
-        .parse()
-        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
-    if !(secs > 0.0 && secs <= 86_400.0 * 365.0) {
-        return Err(format!(
-            "{text} is out of range (more than 0, at most a year)"
-        ));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use rexec_shared::cli::parse_secs;
 use rexec_shared::keyfile::KeyEntry;
 use rexec_shared::message::ExecRequest;
 use rexec_shared::DEFAULT_PORT;
@@ -211,18 +212,6 @@ struct CompletionsArgs {
     /// Shell to write the completion script for.
     #[arg(value_name = "SHELL", value_enum)]
     shell: clap_complete::Shell,
-}
-
-fn parse_secs(text: &str) -> Result<Duration, String> {
-    let secs: f64 = text
-        .parse()
-        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
-    if !(secs > 0.0 && secs <= 86_400.0 * 365.0) {
-        return Err(format!(
-            "{text} is out of range (more than 0, at most a year)"
-        ));
-    }
-    Ok(Duration::from_secs_f64(secs))
 }
 
 fn parse_env(text: &str) -> Result<(String, String), String> {

@@ -5,6 +5,7 @@
 //! carry), and [`transport`], the only module that does I/O. [`keyfile`] reads key files.
 //! docs/protocol.md describes every byte.
 
+pub mod cli;
 pub mod error;
 pub mod frame;
 pub mod handshake;
