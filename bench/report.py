@@ -220,12 +220,22 @@ def main():
     w(f"| kernel | {machine['kernel']} ({machine['os']}) |")
     w(f"| date | {machine['date']} |")
     w(f"| load average (1, 5, 15 min) | at start {machine['load_start']}; at end {mem.get('load_end', ['?'])[0]} |")
+    loads = []
+    if (res / "loads.txt").exists():
+        for line in (res / "loads.txt").read_text().splitlines():
+            part, one_min = line.split()[:2]
+            loads.append(f"{part.replace('_', ' ')} {one_min}")
+    if loads:
+        w(f"| 1-minute load as each part started, in run order | {'; '.join(loads)} |")
     w(f"| peers | {machine['openssh']}; {machine['pdsh']} |")
     w(f"| tools | {machine['hyperfine']}; {machine['rustc']} |")
     w(f"| ours | {machine['agent']}, commit {machine['commit']}, release build |")
     w("")
-    w("The machine is shared (a 2-core VM): a load average well above 0 at start or end means")
-    w("other work ran alongside and the wall times are pessimistic.")
+    w("The machine is shared (a 2-core VM): a load average well above 0 as a part starts means")
+    w("other work ran alongside it and its wall times are pessimistic. The parts run in the order")
+    w("above, pdsh last: at many targets pdsh loads the machine by itself (64 ssh clients and as")
+    w("many sshd children at once), and the 1-minute average takes minutes to fall back, so the")
+    w("load at the end is mostly the benchmark's own.")
     w("")
 
     # --- summary against the targets

@@ -281,8 +281,31 @@ bench() {
 
 section() { [[ ",$ONLY," == *",$1,"* ]]; }
 
+mem=$RESULTS/memory.txt
+: >"$mem"
+: >"$RESULTS/loads.txt"
+# One 127.x.y.z address per line, N distinct ones, for the fan-out and ctl's memory.
+for n in "${FANOUT[@]}"; do
+    for ((i = 0; i < n; i++)); do echo "127.1.$((i / 250)).$((i % 250 + 1))"; done >"$TMP/hosts-$n"
+done
+
+# The 1-minute load average and runnable/total tasks as each part starts, for the page: the
+# machine is shared, and pdsh at many targets loads it by itself (64 ssh clients and as many
+# sshd children at once).
+note_load() { echo "$1 $(cut -d' ' -f1,4 /proc/loadavg)" >>"$RESULTS/loads.txt"; }
+
+# --- 5. micro-benchmarks (one core), first while the machine is quietest ----------------
+if [ "$CRITERION" = 1 ]; then
+    note_load criterion
+    log "criterion: frame codec and sealed-frame throughput"
+    rm -rf "$ROOT/target/criterion"
+    (cd "$ROOT" && cargo bench -q -p rexec-shared --bench seal --bench frame -- \
+        "${CRIT_ARGS[@]}" >"$RESULTS/criterion.txt" 2>&1) || die "criterion failed: see $RESULTS/criterion.txt"
+fi
+
 # --- 1. one remote `true` ------------------------------------------------------------------
 if section lat; then
+note_load latency
 bench lat_ctl "$RUNS_FAST" 5 "$CTL exec -n 127.0.0.1:$APORT true"
 bench lat_ssh "$RUNS_SLOW" "$WARMUP" "$SSHC -n 127.0.0.1 true"
 bench lat_ssh_cm "$RUNS_FAST" 5 "$SSHC -o ControlPath=$TMP/cm.sock -n 127.0.0.1 true"
@@ -292,6 +315,7 @@ fi
 # --- 2. bulk stdout ------------------------------------------------------------------------
 HEAD="head -c $BYTES /dev/zero"
 if section bulk; then
+note_load bulk
 # Once each, counted: a fast wrong answer must not pass for a fast right one.
 for check in "$CTL exec -n 127.0.0.1:$APORT '$HEAD'" "$SSHC -n 127.0.0.1 '$HEAD'"; do
     got=$(eval "$check" | wc -c)
@@ -303,30 +327,9 @@ bench bulk_ssh_aes128gcm "$RUNS_SLOW" 1 "$SSHC -c aes128-gcm@openssh.com -n 127.
 bench bulk_local "$RUNS_SLOW" 1 "sh -c '$HEAD | cat'"
 fi
 
-# --- 3. fan-out: `true` on N distinct 127.x.y.z targets --------------------------------------
-# pdsh runs `ssh ARGS`; %u and %h are its user and host.
-export PDSH_SSH_ARGS="-F $TMP/ssh_config -l%u %h"
-export PDSH_RCMD_TYPE=ssh
-for n in "${FANOUT[@]}"; do
-    hosts=$TMP/hosts-$n
-    for ((i = 0; i < n; i++)); do echo "127.1.$((i / 250)).$((i % 250 + 1))"; done >"$hosts"
-    section fan || continue
-    list=$(paste -sd, "$hosts")
-    got=$("$CTL" exec -P "$PARALLEL" --port "$APORT" -H "$list" echo ok 2>/dev/null | grep -c ': ok$' || true)
-    [ "$got" = "$n" ] || die "ctl fan-out to $n targets answered $got times"
-    got=$(pdsh -R ssh -f "$PARALLEL" -w "^$hosts" echo ok 2>&1 | grep -c ': ok$' || true)
-    [ "$got" = "$n" ] || die "pdsh fan-out to $n targets answered $got times"
-    bench "fan_ctl_$n" "$RUNS_SLOW" "$WARMUP" "$CTL exec -P $PARALLEL --port $APORT -H $list true"
-    # pdsh costs about 0.1 s per target: fewer runs at the largest size, said in the doc.
-    pruns=$RUNS_SLOW
-    if [ "$n" = "${FANOUT[-1]}" ]; then pruns=$RUNS_PDSH_MAX; fi
-    bench "fan_pdsh_$n" "$pruns" 1 "pdsh -R ssh -f $PARALLEL -w ^$hosts true"
-done
-
 # --- 4. memory -----------------------------------------------------------------------------
-mem=$RESULTS/memory.txt
-: >"$mem"
 if section mem; then
+note_load memory
 N_MAX=${FANOUT[-1]}
 LIST_MAX=$(paste -sd, "$TMP/hosts-$N_MAX")
 for i in 1 2 3; do
@@ -385,16 +388,29 @@ echo "stream_bytes $BYTES" >>"$mem"
 echo "stream_rate $SLOW_RATE" >>"$mem"
 fi
 
+# --- 3. fan-out: `true` on N distinct 127.x.y.z targets --------------------------------------
+# pdsh runs `ssh ARGS`; %u and %h are its user and host.
+export PDSH_SSH_ARGS="-F $TMP/ssh_config -l%u %h"
+export PDSH_RCMD_TYPE=ssh
+for n in "${FANOUT[@]}"; do
+    section fan || break
+    note_load "fanout_$n"
+    hosts=$TMP/hosts-$n
+    list=$(paste -sd, "$hosts")
+    got=$("$CTL" exec -P "$PARALLEL" --port "$APORT" -H "$list" echo ok 2>/dev/null | grep -c ': ok$' || true)
+    [ "$got" = "$n" ] || die "ctl fan-out to $n targets answered $got times"
+    got=$(pdsh -R ssh -f "$PARALLEL" -w "^$hosts" echo ok 2>&1 | grep -c ': ok$' || true)
+    [ "$got" = "$n" ] || die "pdsh fan-out to $n targets answered $got times"
+    bench "fan_ctl_$n" "$RUNS_SLOW" "$WARMUP" "$CTL exec -P $PARALLEL --port $APORT -H $list true"
+    # pdsh costs about 0.1 s per target: fewer runs at the largest size, said in the doc.
+    pruns=$RUNS_SLOW
+    if [ "$n" = "${FANOUT[-1]}" ]; then pruns=$RUNS_PDSH_MAX; fi
+    bench "fan_pdsh_$n" "$pruns" 1 "pdsh -R ssh -f $PARALLEL -w ^$hosts true"
+done
+
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "load_end $LOAD_END" >>"$mem"
-
-# --- 5. micro-benchmarks (one core, no servers needed) -------------------------------------
-if [ "$CRITERION" = 1 ]; then
-    log "criterion: frame codec and sealed-frame throughput"
-    rm -rf "$ROOT/target/criterion"
-    (cd "$ROOT" && cargo bench -q -p rexec-shared --bench seal --bench frame -- \
-        "${CRIT_ARGS[@]}" >"$RESULTS/criterion.txt" 2>&1) || die "criterion failed: see $RESULTS/criterion.txt"
-fi
+note_load end
 
 log "writing $OUT"
 crit_dir=$ROOT/target/criterion
