@@ -235,7 +235,8 @@ def main():
     w("other work ran alongside it and its wall times are pessimistic. The parts run in the order")
     w("above, pdsh last: at many targets pdsh loads the machine by itself (64 ssh clients and as")
     w("many sshd children at once), and the 1-minute average takes minutes to fall back, so the")
-    w("load at the end is mostly the benchmark's own.")
+    w("load at the end is mostly the benchmark's own. Likewise criterion keeps one core busy for")
+    w("the few minutes before the latency part, which alone puts the 1-minute load near 1 there.")
     w("")
 
     # --- summary against the targets
