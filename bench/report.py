@@ -222,17 +222,25 @@ def main():
     w(f"| load average (1, 5, 15 min) | at start {machine['load_start']}; at end {mem.get('load_end', ['?'])[0]} |")
     loads = []
     if (res / "loads.txt").exists():
-        for line in (res / "loads.txt").read_text().splitlines():
-            part, one_min = line.split()[:2]
-            loads.append(f"{part.replace('_', ' ')} {one_min}")
+        rows_ = [line.split() for line in (res / "loads.txt").read_text().splitlines()]
+        for i, row in enumerate(rows_):
+            text = f"{row[0].replace('_', ' ')} {row[1]}"
+            if i + 1 < len(rows_) and len(row) >= 4 and len(rows_[i + 1]) >= 4:
+                steal = int(rows_[i + 1][2]) - int(row[2])
+                total = int(rows_[i + 1][3]) - int(row[3])
+                if total > 0:
+                    text += f" ({100 * steal / total:.0f}% stolen)"
+            loads.append(text)
     if loads:
-        w(f"| 1-minute load as each part started, in run order | {'; '.join(loads)} |")
+        w(f"| as each part ran, in run order: 1-minute load at its start (CPU stolen by the hypervisor during it) | {'; '.join(loads)} |")
     w(f"| peers | {machine['openssh']}; {machine['pdsh']} |")
     w(f"| tools | {machine['hyperfine']}; {machine['rustc']} |")
     w(f"| ours | {machine['agent']}, commit {machine['commit']}, release build |")
     w("")
     w("The machine is shared (a 2-core VM): a load average well above 0 as a part starts means")
-    w("other work ran alongside it and its wall times are pessimistic. The parts run in the order")
+    w("other work ran alongside it, and CPU time stolen by the hypervisor (other guests running on")
+    w("the same host; `st` in vmstat) slows everything in the guest without showing in its load.")
+    w("Either, above a few percent, makes that part's wall times pessimistic. The parts run in the order")
     w("above, pdsh last: at many targets pdsh loads the machine by itself (64 ssh clients and as")
     w("many sshd children at once), and the 1-minute average takes minutes to fall back, so the")
     w("load at the end is mostly the benchmark's own. Likewise criterion keeps one core busy for")

@@ -289,10 +289,14 @@ for n in "${FANOUT[@]}"; do
     for ((i = 0; i < n; i++)); do echo "127.1.$((i / 250)).$((i % 250 + 1))"; done >"$TMP/hosts-$n"
 done
 
-# The 1-minute load average and runnable/total tasks as each part starts, for the page: the
-# machine is shared, and pdsh at many targets loads it by itself (64 ssh clients and as many
-# sshd children at once).
-note_load() { echo "$1 $(cut -d' ' -f1,4 /proc/loadavg)" >>"$RESULTS/loads.txt"; }
+# As each part starts, for the page: the 1-minute load average, and the CPU time counters from
+# /proc/stat (steal, then all), whose differences tell how much CPU the hypervisor gave other
+# guests during each part. The machine is shared, as a VM and with other users, and pdsh at
+# many targets loads it by itself (64 ssh clients and as many sshd children at once).
+note_load() {
+    echo "$1 $(cut -d' ' -f1 /proc/loadavg) $(awk '$1 == "cpu" {print $9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat)" \
+        >>"$RESULTS/loads.txt"
+}
 
 # --- 5. micro-benchmarks (one core), first while the machine is quietest ----------------
 if [ "$CRITERION" = 1 ]; then
