@@ -54,10 +54,3 @@ pub enum ProtocolError {
     #[error("frame counter exhausted; connection must be re-established")]
     CounterExhausted,
 }
-
-impl ProtocolError {
-    /// Whether this error means the stream was tampered with or cut, as opposed to refused.
-    pub fn is_integrity(&self) -> bool {
-        matches!(self, Self::Integrity | Self::Truncated)
-    }
-}

@@ -93,11 +93,6 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             }
         }
     }
-
-    /// Gives back the stream.
-    pub fn into_inner(self) -> R {
-        self.inner
-    }
 }
 
 /// Receives and opens sealed frames.
