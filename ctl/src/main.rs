@@ -1,225 +1,37 @@
 //! `ctl`: run shell commands on agents, one or many at a time. See `ctl --help`.
 
-mod fleet;
-mod json;
+//!
+//! This file parses the command line ([`cli`]) and dispatches: `exec` and `ping` are jobs on
+//! the fan-out [`engine`], shown by one of the [`render`]ers; `keygen` and `completions` are
+//! local.
+
+mod cli;
+mod engine;
+mod exit;
+mod job;
 mod keys;
+mod outcome;
 mod output;
 mod remote;
+mod render;
+mod signals;
+mod stdin;
 mod target;
 
-use std::io::Read;
-use std::path::PathBuf;
 use std::process::ExitCode;
+use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
-use rexec_shared::cli::parse_secs;
-use rexec_shared::keyfile::KeyEntry;
+use clap::Parser;
 use rexec_shared::message::ExecRequest;
-use rexec_shared::DEFAULT_PORT;
-use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::{mpsc, watch};
 
+use crate::cli::{Cli, Command, CompletionsArgs, ExecArgs, KeygenArgs, PingArgs, TargetArgs};
+use crate::engine::{Limits, Stop};
+use crate::render::fleet::{Fleet, Style};
+use crate::render::ping::Pings;
+use crate::render::single::Single;
 use crate::target::Target;
-
-/// Exit status for a usage error or an unusable key file.
-const EXIT_USAGE: u8 = 2;
-/// Exit status when a target could not be reached, authenticated, or kept intact.
-const EXIT_UNREACHABLE: u8 = 255;
-/// Time ctl waits after forwarding SIGINT/SIGTERM for the remote side to report.
-const CANCEL_WAIT: Duration = Duration::from_secs(5);
-
-/// Run shell commands on remote agents over an authenticated, encrypted channel.
-#[derive(Debug, Parser)]
-#[command(version, about, max_term_width = 100, after_help = EXIT_CODES)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-const EXIT_CODES: &str = "\
-Exit status of `ctl exec`:
-  N        the remote command's exit code (the highest of all targets' statuses)
-  128+N    the remote command was killed by signal N
-  124      --timeout ran out (the remote process group was killed)
-  130/143  ctl got SIGINT/SIGTERM (the remote process group was terminated)
-  255      a target could not be reached, authenticated, or its stream was cut or altered
-  2        usage error, or an unusable key file";
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Run a shell command on one target, or many (-H, --hosts-file).
-    #[command(after_help = EXEC_EXAMPLES)]
-    Exec(ExecArgs),
-    /// Check that targets answer and accept the key; print round-trip time and agent version.
-    #[command(after_help = PING_EXAMPLES)]
-    Ping(PingArgs),
-    /// Write a new key file (mode 0600), or print one to stdout.
-    #[command(after_help = KEYGEN_EXAMPLES)]
-    Keygen(KeygenArgs),
-    /// Print a shell completion script for ctl to stdout.
-    #[command(after_help = COMPLETIONS_EXAMPLES)]
-    Completions(CompletionsArgs),
-}
-
-const EXEC_EXAMPLES: &str = "\
-Examples:
-  ctl exec web1 'ls -l /var/log'
-  ctl exec 10.0.0.5:50007 uptime
-  tar cz dir | ctl exec web1 'tar xz -C /srv'
-  ctl exec --timeout 30 -e LANG=C --cwd /srv web1 'make test'
-  ctl exec -H web1,web2,web3 uptime
-  ctl exec -H web1,web2 -H db1 --group 'cat /etc/os-release'
-  ctl exec --hosts-file fleet.txt -P 200 --script check.sh -- --quick
-  ctl exec --hosts-file fleet.txt --json 'df -h /' | jq -r 'select(.status != 0) | .target'";
-
-const PING_EXAMPLES: &str = "\
-Examples:
-  ctl ping web1 web2:50007
-  ctl ping --hosts-file fleet.txt";
-
-const KEYGEN_EXAMPLES: &str = "\
-Examples:
-  ctl keygen --id ops -o ~/.config/rexec/key
-  ctl keygen --id ci >> /etc/rexec/keys   (then chmod 600; send the agent SIGHUP)";
-
-const COMPLETIONS_EXAMPLES: &str = "\
-Examples:
-  ctl completions bash > ~/.local/share/bash-completion/completions/ctl
-  ctl completions zsh > ~/.zfunc/_ctl    (with fpath+=~/.zfunc before compinit in ~/.zshrc)
-  ctl completions fish > ~/.config/fish/completions/ctl.fish";
-
-/// Which key to authenticate with.
-#[derive(Debug, Args)]
-struct KeyArgs {
-    /// Key file [default: $CTL_KEY_FILE, else ~/.config/rexec/key].
-    #[arg(
-        long,
-        value_name = "PATH",
-        env = "CTL_KEY_FILE",
-        hide_env_values = true
-    )]
-    key_file: Option<PathBuf>,
-
-    /// Use the key with this id instead of the file's first one.
-    #[arg(long, value_name = "ID")]
-    key_id: Option<String>,
-}
-
-/// Where to connect and how patiently.
-#[derive(Debug, Args)]
-struct TargetArgs {
-    /// Targets, comma-separated (repeatable); selects many-target output even for one.
-    #[arg(
-        short = 'H',
-        long = "hosts",
-        value_name = "TARGET,...",
-        value_delimiter = ','
-    )]
-    hosts: Vec<String>,
-
-    /// File with one target per line (blank lines and # comments skipped).
-    #[arg(long, value_name = "FILE")]
-    hosts_file: Option<PathBuf>,
-
-    /// Most targets to run at once.
-    #[arg(short = 'P', long, value_name = "N", default_value_t = 64,
-          value_parser = clap::value_parser!(u32).range(1..=65536))]
-    parallel: u32,
-
-    /// Seconds allowed to connect and authenticate, per target.
-    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
-    connect_timeout: Duration,
-
-    /// Port for targets that name none.
-    #[arg(long, value_name = "PORT", env = "CTL_PORT", default_value_t = DEFAULT_PORT)]
-    port: u16,
-}
-
-impl TargetArgs {
-    fn many(&self) -> bool {
-        !self.hosts.is_empty() || self.hosts_file.is_some()
-    }
-}
-
-#[derive(Debug, Args)]
-struct ExecArgs {
-    #[command(flatten)]
-    key: KeyArgs,
-
-    #[command(flatten)]
-    targets: TargetArgs,
-
-    /// Seconds the command may run; then its process group is killed and ctl exits 124.
-    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
-    timeout: Option<Duration>,
-
-    /// Give the command an empty stdin instead of forwarding ctl's.
-    #[arg(short = 'n', long)]
-    no_stdin: bool,
-
-    /// Set a variable in the remote environment (repeatable).
-    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
-    env: Vec<(String, String)>,
-
-    /// Remote working directory.
-    #[arg(long, value_name = "DIR")]
-    cwd: Option<String>,
-
-    /// Write one JSON object per target to stdout (JSON Lines) instead of the output.
-    #[arg(long)]
-    json: bool,
-
-    /// Print each target's output as one block when it finishes, folding identical outputs.
-    #[arg(long)]
-    group: bool,
-
-    /// Run this local script on every target (as `sh -s`; COMMAND words become its arguments).
-    #[arg(long, value_name = "FILE")]
-    script: Option<PathBuf>,
-
-    /// TARGET (unless -H or --hosts-file is given), then the COMMAND words, joined by spaces.
-    #[arg(value_name = "[TARGET] COMMAND", trailing_var_arg = true)]
-    words: Vec<String>,
-}
-
-#[derive(Debug, Args)]
-struct PingArgs {
-    #[command(flatten)]
-    key: KeyArgs,
-
-    #[command(flatten)]
-    targets: TargetArgs,
-
-    /// Targets to ping.
-    #[arg(value_name = "TARGET")]
-    positional: Vec<String>,
-}
-
-#[derive(Debug, Args)]
-struct KeygenArgs {
-    /// Key id written in the file (what agent audit logs name).
-    #[arg(long, value_name = "NAME", default_value = "default")]
-    id: String,
-
-    /// Write to this new file (mode 0600) instead of stdout; never overwrites.
-    #[arg(short = 'o', long = "output", value_name = "PATH")]
-    output: Option<PathBuf>,
-}
-
-#[derive(Debug, Args)]
-struct CompletionsArgs {
-    /// Shell to write the completion script for.
-    #[arg(value_name = "SHELL", value_enum)]
-    shell: clap_complete::Shell,
-}
-
-fn parse_env(text: &str) -> Result<(String, String), String> {
-    match text.split_once('=') {
-        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
-        _ => Err(format!("{text:?} is not KEY=VALUE")),
-    }
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -230,7 +42,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ctl: cannot start the async runtime: {e}");
-            return ExitCode::from(EXIT_UNREACHABLE);
+            return ExitCode::from(exit::UNREACHABLE);
         }
     };
     let code = match cli.command {
@@ -249,7 +61,7 @@ fn main() -> ExitCode {
 /// Prints a usage-class error and returns the usage exit status.
 fn usage_error(message: impl std::fmt::Display) -> u8 {
     eprintln!("ctl: {message:#}");
-    EXIT_USAGE
+    exit::USAGE
 }
 
 /// The targets named by -H and --hosts-file, in order, duplicates removed.
@@ -311,164 +123,68 @@ async fn exec(args: ExecArgs) -> u8 {
         Ok(key) => key,
         Err(e) => return usage_error(format!("{e:#}")),
     };
-    let request = ExecRequest {
-        command: command.into_bytes(),
-        env: args
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone().into_bytes(), v.clone().into_bytes()))
-            .collect(),
-        cwd: args.cwd.clone().map(String::into_bytes),
-        timeout_ms: args.timeout.map(|t| t.as_millis().max(1) as u64),
-        stdin: script.is_some() || (single.is_some() && !args.no_stdin),
+    // --group is a many-target display, so a lone TARGET with it runs as one (no stdin);
+    // a lone TARGET with --json keeps its stdin.
+    let many = single.is_none() || (args.group && !args.json);
+    let targets = match single {
+        Some(target) => vec![target],
+        None => match fleet_targets(&args.targets, &[]) {
+            Ok(t) if t.is_empty() => {
+                return usage_error("no targets: -H and --hosts-file named none")
+            }
+            Ok(t) => t,
+            Err(e) => return usage_error(e),
+        },
     };
-    let (cancel_tx, cancel_rx) = watch::channel(None);
-    let interrupted = watch_signals(cancel_tx);
-    match single {
-        Some(target) if !args.json && !args.group => {
-            let stdin = match script {
-                Some(bytes) => Some(fixed_input(bytes)),
-                None => (!args.no_stdin).then(forward_stdin),
-            };
-            let mut out = output::Passthrough::new();
-            let outcome = remote::exec(
-                &target,
-                &key,
-                request,
-                args.targets.connect_timeout,
-                stdin,
-                cancel_rx,
-                &mut out,
-            )
-            .await;
-            if let Some(sig) = *interrupted.borrow() {
-                return 128 + sig as u8;
-            }
-            report_single(&target, &outcome, args.timeout)
-        }
-        _ => {
-            // --group is a many-target display, so a lone TARGET with it runs as one (no stdin).
-            let many = single.is_none() || (args.group && !args.json);
-            let targets = match single {
-                Some(target) => vec![target],
-                None => match fleet_targets(&args.targets, &[]) {
-                    Ok(t) if t.is_empty() => {
-                        return usage_error("no targets: -H and --hosts-file named none")
-                    }
-                    Ok(t) => t,
-                    Err(e) => return usage_error(e),
-                },
-            };
-            let input = match script {
-                Some(bytes) => fleet::Input::Script(bytes.into()),
-                None if !many && !args.no_stdin => fleet::Input::Forward(forward_stdin()),
-                None => fleet::Input::Empty,
-            };
-            let stdin = !matches!(input, fleet::Input::Empty);
-            let mode = match (args.json, args.group) {
-                (true, _) => fleet::Mode::Json,
-                (false, true) => fleet::Mode::Group,
-                (false, false) => fleet::Mode::Lines,
-            };
-            let plan = fleet::Plan {
-                targets,
-                key,
-                request: ExecRequest { stdin, ..request },
-                input,
-                connect_timeout: args.targets.connect_timeout,
-                parallel: args.targets.parallel as usize,
-                mode,
-                many,
-                timeout: args.timeout,
-            };
-            let code = fleet::run(plan, cancel_rx).await;
-            if let Some(sig) = *interrupted.borrow() {
-                return 128 + sig as u8;
-            }
-            code
-        }
+    let input = match script {
+        Some(bytes) => job::Input::Fixed(bytes.into()),
+        None if !many && !args.no_stdin => job::Input::forward(),
+        None => job::Input::Empty,
+    };
+    let job = Arc::new(job::Exec {
+        key,
+        request: ExecRequest {
+            command: command.into_bytes(),
+            env: args
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone().into_bytes(), v.clone().into_bytes()))
+                .collect(),
+            cwd: args.cwd.clone().map(String::into_bytes),
+            timeout_ms: args.timeout.map(|t| t.as_millis().max(1) as u64),
+            stdin: input.sends(),
+        },
+        input,
+        connect_timeout: args.targets.connect_timeout,
+    });
+    let interrupted = signals::watch();
+    let stop = Stop::following(interrupted.clone());
+    let limits = Limits {
+        parallel: args.targets.parallel as usize,
+    };
+    let total = targets.len();
+    let code = if !many && !args.json {
+        let mut renderer = Single::new(args.timeout);
+        engine::run(job, targets, limits, stop, &mut renderer).await
+    } else {
+        let style = match (args.json, args.group) {
+            (true, _) => Style::Json,
+            (false, true) => Style::Group,
+            (false, false) => Style::Lines,
+        };
+        let mut renderer = Fleet::new(style, many, total, args.timeout);
+        engine::run(job, targets, limits, stop, &mut renderer).await
+    };
+    let signalled = *interrupted.borrow();
+    match signalled {
+        Some(sig) => exit::signalled(sig),
+        None => code,
     }
-}
-
-/// Prints the one line of diagnosis a single-target run ends with, if any; returns the status.
-fn report_single(target: &Target, outcome: &remote::Outcome, timeout: Option<Duration>) -> u8 {
-    if let Some(failure) = &outcome.failure {
-        eprintln!("ctl: {target}: {failure}");
-    } else if outcome.local_timeout || outcome.status.is_some_and(|s| s.timed_out) {
-        let secs = timeout.map_or(0.0, |t| t.as_secs_f64());
-        eprintln!("ctl: {target}: command timed out after {secs}s; its process group was killed");
-    }
-    outcome.exit_code()
 }
 
 /// Quotes a word for `sh` so it arrives as one argument.
 fn shell_quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', r"'\''"))
-}
-
-/// Forwards SIGINT/SIGTERM to `cancel`, and forces an exit if the remote side does not report
-/// in time. Returns the signal received, if any.
-fn watch_signals(cancel: watch::Sender<Option<i32>>) -> watch::Receiver<Option<i32>> {
-    let interrupted = cancel.subscribe();
-    let installed =
-        signal(SignalKind::interrupt()).and_then(|int| Ok((int, signal(SignalKind::terminate())?)));
-    match installed {
-        Ok((mut sigint, mut sigterm)) => {
-            tokio::spawn(async move {
-                let sig = tokio::select! {
-                    _ = sigint.recv() => libc::SIGINT,
-                    _ = sigterm.recv() => libc::SIGTERM,
-                };
-                let _ = cancel.send(Some(sig));
-                tokio::time::sleep(CANCEL_WAIT).await;
-                eprintln!(
-                    "ctl: remote side did not confirm the cancel within {CANCEL_WAIT:?}; exiting"
-                );
-                std::process::exit(128 + sig);
-            });
-        }
-        Err(e) => eprintln!("ctl: warning: cannot install signal handlers: {e}"),
-    }
-    interrupted
-}
-
-/// Reads ctl's stdin on its own thread (a blocking read must not stall the runtime) and hands
-/// chunks over as they come; the channel closes at end of input.
-fn forward_stdin() -> remote::StdinChunks {
-    let (tx, rx) = mpsc::channel(4);
-    std::thread::spawn(move || {
-        let mut stdin = std::io::stdin().lock();
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            match stdin.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    if tx.blocking_send(buf[..n].to_vec()).is_err() {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    eprintln!("ctl: reading stdin failed, sending end of input: {e}");
-                    break;
-                }
-            }
-        }
-    });
-    rx
-}
-
-/// A stdin that delivers `bytes` and then ends.
-fn fixed_input(bytes: Vec<u8>) -> remote::StdinChunks {
-    let (tx, rx) = mpsc::channel(1);
-    tokio::spawn(async move {
-        for chunk in bytes.chunks(256 * 1024) {
-            if tx.send(chunk.to_vec()).await.is_err() {
-                return;
-            }
-        }
-    });
-    rx
 }
 
 async fn ping(args: PingArgs) -> u8 {
@@ -481,59 +197,31 @@ async fn ping(args: PingArgs) -> u8 {
         Ok(key) => key,
         Err(e) => return usage_error(format!("{e:#}")),
     };
-    ping_all(
-        targets,
+    let job = Arc::new(job::Ping {
         key,
-        args.targets.connect_timeout,
-        args.targets.parallel as usize,
-    )
-    .await
-}
-
-/// Pings every target, up to `parallel` at once, printing one line each as they answer.
-async fn ping_all(targets: Vec<Target>, key: KeyEntry, timeout: Duration, parallel: usize) -> u8 {
-    let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(parallel));
-    let key = std::sync::Arc::new(key);
-    let mut tasks = tokio::task::JoinSet::new();
-    for target in targets {
-        let (limit, key) = (limit.clone(), key.clone());
-        tasks.spawn(async move {
-            let _permit = limit.acquire_owned().await;
-            let result = remote::ping(&target, &key, timeout).await;
-            (target, result)
-        });
-    }
-    let mut worst = 0;
-    while let Some(joined) = tasks.join_next().await {
-        let Ok((target, result)) = joined else {
-            continue;
-        };
-        match result {
-            Ok(pong) => println!(
-                "{target}: ok {:.2} ms {}",
-                pong.rtt.as_secs_f64() * 1000.0,
-                pong.version
-            ),
-            Err(failure) => {
-                eprintln!("{target}: {failure}");
-                worst = EXIT_UNREACHABLE;
-            }
-        }
-    }
-    worst
+        timeout: args.targets.connect_timeout,
+    });
+    let limits = Limits {
+        parallel: args.targets.parallel as usize,
+    };
+    let stop = Stop::following(signals::watch());
+    engine::run(job, targets, limits, stop, &mut Pings::new()).await
 }
 
 fn completions(args: CompletionsArgs) -> u8 {
     // Generated into memory first: clap_complete panics on a failed write (say, a closed pipe).
+    let Ok(shell) = clap_complete::Shell::from_str(&args.shell) else {
+        return usage_error(format!("unknown shell {:?}", args.shell));
+    };
     let mut script = Vec::new();
     let mut command = <Cli as clap::CommandFactory>::command();
-    clap_complete::generate(args.shell, &mut command, "ctl", &mut script);
+    clap_complete::generate(shell, &mut command, "ctl", &mut script);
     match std::io::Write::write_all(&mut std::io::stdout().lock(), &script) {
         Ok(()) => 0,
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
         Err(e) => {
             eprintln!("ctl: cannot write the completion script to stdout: {e}");
-            1
+            exit::FAILURE
         }
     }
 }
@@ -558,7 +246,7 @@ fn keygen(args: KeygenArgs) -> u8 {
             }
             Err(e) => {
                 eprintln!("ctl: {e:#}");
-                1
+                exit::FAILURE
             }
         },
         None => {

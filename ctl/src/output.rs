@@ -1,11 +1,18 @@
-//! Output sinks for one target: ctl's own stdout and stderr, byte for byte, or memory.
+//! Where a command's output goes: the [`Output`] trait, and the two plain sinks (ctl's own
+//! stdout and stderr byte for byte, or memory). The renderers build on these.
 
 use std::fs::File;
 use std::io::{self, Write};
 use std::mem::ManuallyDrop;
 use std::os::fd::FromRawFd;
 
-use crate::remote::Output;
+/// Where a command's output goes.
+pub trait Output {
+    /// Bytes the command wrote to stdout.
+    fn stdout(&mut self, data: &[u8]) -> io::Result<()>;
+    /// Bytes the command wrote to stderr.
+    fn stderr(&mut self, data: &[u8]) -> io::Result<()>;
+}
 
 /// Writes straight to file descriptors 1 and 2, unbuffered, so output appears as it comes.
 pub struct Passthrough {

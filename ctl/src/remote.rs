@@ -1,5 +1,5 @@
 //! Talking to one agent: connect and authenticate within a deadline, then run a command or a
-//! ping. Output goes to an [`Output`], so single-target, fleet and JSON modes share this code.
+//! ping. Output goes to an [`Output`], so every renderer shares this code.
 
 use std::io;
 use std::time::{Duration, Instant};
@@ -12,74 +12,13 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
+use crate::outcome::{Ending, Failure, Outcome};
+use crate::output::Output;
+use crate::stdin::StdinChunks;
 use crate::target::Target;
 
 /// How long ctl waits past `--timeout` for the agent's own timeout report before giving up.
 const LOCAL_TIMEOUT_SLACK: Duration = Duration::from_secs(5);
-
-/// Where a command's output goes.
-pub trait Output {
-    /// Bytes the command wrote to stdout.
-    fn stdout(&mut self, data: &[u8]) -> io::Result<()>;
-    /// Bytes the command wrote to stderr.
-    fn stderr(&mut self, data: &[u8]) -> io::Result<()>;
-}
-
-/// Why a target did not deliver a complete, authenticated result.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Failure {
-    /// Could not resolve, reach or connect in time.
-    Connect(String),
-    /// The handshake failed: wrong key, not an agent, refused.
-    Auth(String),
-    /// The stream was cut, altered, or the agent misbehaved after authenticating.
-    Stream(String),
-    /// The agent could not carry out the request (bad directory, cannot start the shell).
-    Agent(String),
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Connect(t) | Self::Auth(t) | Self::Stream(t) | Self::Agent(t) => f.write_str(t),
-        }
-    }
-}
-
-/// The result of one exec on one target.
-#[derive(Debug, Clone)]
-pub struct Outcome {
-    /// The command's status, when the agent reported one.
-    pub status: Option<ExitStatus>,
-    /// Why no status was reported, if it was not.
-    pub failure: Option<Failure>,
-    /// Set when ctl gave up waiting past `--timeout` (agent unresponsive).
-    pub local_timeout: bool,
-    /// Wall time from the start of the connection.
-    pub duration: Duration,
-}
-
-impl Outcome {
-    /// ctl's exit status for this outcome, as the contract defines it.
-    pub fn exit_code(&self) -> u8 {
-        if self.failure.is_some() {
-            return 255;
-        }
-        if self.local_timeout {
-            return 124;
-        }
-        match self.status {
-            Some(s) if s.timed_out => 124,
-            Some(ExitStatus {
-                code: Some(code), ..
-            }) => (code & 0xff) as u8,
-            Some(ExitStatus {
-                signal: Some(sig), ..
-            }) => (128 + sig).clamp(0, 255) as u8,
-            _ => 255,
-        }
-    }
-}
 
 /// An authenticated connection.
 pub struct Connection {
@@ -177,9 +116,6 @@ fn secs(d: Duration) -> String {
     format!("{}s", d.as_secs_f64())
 }
 
-/// Stdin bytes for a command: chunks, then the end of the channel as end of input.
-pub type StdinChunks = mpsc::Receiver<Vec<u8>>;
-
 /// Runs `req` on `target`: connects, streams output to `out`, forwards `stdin` (when
 /// `req.stdin`), and forwards a signal from `cancel` as a remote cancel.
 pub async fn exec<O: Output>(
@@ -200,18 +136,15 @@ pub async fn exec<O: Output>(
         run_exec(conn, req, stdin, cancel, local_deadline, out).await
     }
     .await;
-    let mut outcome = Outcome {
-        status: None,
-        failure: None,
-        local_timeout: false,
-        duration: started.elapsed(),
+    let ending = match result {
+        Ok(Some(status)) => Ending::from_status(status),
+        Ok(None) => Ending::Unanswered,
+        Err(failure) => Ending::Failed(failure),
     };
-    match result {
-        Ok(Some(status)) => outcome.status = Some(status),
-        Ok(None) => outcome.local_timeout = true,
-        Err(failure) => outcome.failure = Some(failure),
+    Outcome {
+        ending,
+        duration: started.elapsed(),
     }
-    outcome
 }
 
 /// The exchange after authentication; `Ok(None)` if ctl's own deadline ran out first.

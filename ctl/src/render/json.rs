@@ -8,7 +8,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use serde::Serialize;
 
-use crate::remote::{Failure, Outcome};
+use crate::outcome::{Ending, Outcome};
 
 /// The captured output of one stream, and whether it was cut at the capture limit.
 #[derive(Debug, Clone, Copy)]
@@ -48,27 +48,23 @@ fn encode(bytes: &[u8]) -> (String, &'static str) {
     }
 }
 
-/// The short name of a failure's class, for scripts that branch on it.
-pub fn failure_kind(failure: &Failure) -> &'static str {
-    match failure {
-        Failure::Connect(_) => "connect",
-        Failure::Auth(_) => "auth",
-        Failure::Stream(_) => "stream",
-        Failure::Agent(_) => "agent",
-    }
-}
-
 /// The JSON line (with its newline) for `target`'s `outcome` and captured output.
 pub fn line(target: &str, outcome: &Outcome, stdout: Stream<'_>, stderr: Stream<'_>) -> Vec<u8> {
-    let status = outcome.status.unwrap_or_default();
+    let (exit_code, signal, timed_out) = match &outcome.ending {
+        Ending::Exited(code) => (Some(*code), None, false),
+        Ending::Killed(sig) => (None, Some(*sig), false),
+        Ending::TimedOut(sig) => (None, *sig, true),
+        Ending::Unanswered => (None, None, true),
+        Ending::Failed(_) => (None, None, false),
+    };
     let (stdout_text, stdout_encoding) = encode(stdout.bytes);
     let (stderr_text, stderr_encoding) = encode(stderr.bytes);
     let record = Record {
         target,
         status: outcome.exit_code(),
-        exit_code: status.code,
-        signal: status.signal,
-        timed_out: status.timed_out || outcome.local_timeout,
+        exit_code,
+        signal,
+        timed_out,
         stdout: stdout_text,
         stdout_encoding,
         stdout_truncated: stdout.truncated,
@@ -76,8 +72,8 @@ pub fn line(target: &str, outcome: &Outcome, stdout: Stream<'_>, stderr: Stream<
         stderr_encoding,
         stderr_truncated: stderr.truncated,
         duration_ms: u64::try_from(outcome.duration.as_millis()).unwrap_or(u64::MAX),
-        error: outcome.failure.as_ref().map(ToString::to_string),
-        error_kind: outcome.failure.as_ref().map(failure_kind),
+        error: outcome.failure().map(ToString::to_string),
+        error_kind: outcome.failure().map(|f| f.kind()),
     };
     // Serializing plain strings, numbers and options into memory cannot fail; fall back to a
     // record that says so rather than panic.
@@ -95,15 +91,12 @@ pub fn line(target: &str, outcome: &Outcome, stdout: Stream<'_>, stderr: Stream<
 mod tests {
     use std::time::Duration;
 
-    use rexec_shared::message::ExitStatus;
-
     use super::*;
+    use crate::outcome::Failure;
 
-    fn outcome(status: Option<ExitStatus>, failure: Option<Failure>) -> Outcome {
+    fn outcome(ending: Ending) -> Outcome {
         Outcome {
-            status,
-            failure,
-            local_timeout: false,
+            ending,
             duration: Duration::from_millis(1234),
         }
     }
@@ -116,14 +109,7 @@ mod tests {
 
     #[test]
     fn success_carries_text_and_status() {
-        let done = outcome(
-            Some(ExitStatus {
-                code: Some(0),
-                signal: None,
-                timed_out: false,
-            }),
-            None,
-        );
+        let done = outcome(Ending::Exited(0));
         let out = Stream {
             bytes: b"hi\n\"q\"",
             truncated: false,
@@ -147,14 +133,7 @@ mod tests {
 
     #[test]
     fn non_utf8_is_base64_and_round_trips() {
-        let done = outcome(
-            Some(ExitStatus {
-                code: None,
-                signal: Some(9),
-                timed_out: true,
-            }),
-            None,
-        );
+        let done = outcome(Ending::TimedOut(Some(9)));
         let raw = [0xff, 0x00, b'a', 0xc3];
         let v = parse(&line(
             "t",
@@ -180,10 +159,9 @@ mod tests {
 
     #[test]
     fn failure_has_error_and_kind() {
-        let failed = outcome(
-            None,
-            Some(Failure::Connect("connection refused by 127.0.0.1:9".into())),
-        );
+        let failed = outcome(Ending::Failed(Failure::Connect(
+            "connection refused by 127.0.0.1:9".into(),
+        )));
         let empty = Stream {
             bytes: b"",
             truncated: false,

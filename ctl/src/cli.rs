@@ -1,0 +1,203 @@
+//! ctl's command line: every subcommand, option and help text (clap derive).
+//!
+//! Self-contained on purpose (clap, std and `rexec_shared` only), so that a man-page or
+//! completion generator can include this file on its own.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use rexec_shared::cli::parse_secs;
+use rexec_shared::DEFAULT_PORT;
+
+/// Run shell commands on remote agents over an authenticated, encrypted channel.
+#[derive(Debug, Parser)]
+#[command(version, about, max_term_width = 100, after_help = EXIT_CODES)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+const EXIT_CODES: &str = "\
+Exit status of `ctl exec`:
+  N        the remote command's exit code (the highest of all targets' statuses)
+  128+N    the remote command was killed by signal N
+  124      --timeout ran out (the remote process group was killed)
+  130/143  ctl got SIGINT/SIGTERM (the remote process group was terminated)
+  255      a target could not be reached, authenticated, or its stream was cut or altered
+  2        usage error, or an unusable key file";
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a shell command on one target, or many (-H, --hosts-file).
+    #[command(after_help = EXEC_EXAMPLES)]
+    Exec(ExecArgs),
+    /// Check that targets answer and accept the key; print round-trip time and agent version.
+    #[command(after_help = PING_EXAMPLES)]
+    Ping(PingArgs),
+    /// Write a new key file (mode 0600), or print one to stdout.
+    #[command(after_help = KEYGEN_EXAMPLES)]
+    Keygen(KeygenArgs),
+    /// Print a shell completion script for ctl to stdout.
+    #[command(after_help = COMPLETIONS_EXAMPLES)]
+    Completions(CompletionsArgs),
+}
+
+const EXEC_EXAMPLES: &str = "\
+Examples:
+  ctl exec web1 'ls -l /var/log'
+  ctl exec 10.0.0.5:50007 uptime
+  tar cz dir | ctl exec web1 'tar xz -C /srv'
+  ctl exec --timeout 30 -e LANG=C --cwd /srv web1 'make test'
+  ctl exec -H web1,web2,web3 uptime
+  ctl exec -H web1,web2 -H db1 --group 'cat /etc/os-release'
+  ctl exec --hosts-file fleet.txt -P 200 --script check.sh -- --quick
+  ctl exec --hosts-file fleet.txt --json 'df -h /' | jq -r 'select(.status != 0) | .target'";
+
+const PING_EXAMPLES: &str = "\
+Examples:
+  ctl ping web1 web2:50007
+  ctl ping --hosts-file fleet.txt";
+
+const KEYGEN_EXAMPLES: &str = "\
+Examples:
+  ctl keygen --id ops -o ~/.config/rexec/key
+  ctl keygen --id ci >> /etc/rexec/keys   (then chmod 600; send the agent SIGHUP)";
+
+const COMPLETIONS_EXAMPLES: &str = "\
+Examples:
+  ctl completions bash > ~/.local/share/bash-completion/completions/ctl
+  ctl completions zsh > ~/.zfunc/_ctl    (with fpath+=~/.zfunc before compinit in ~/.zshrc)
+  ctl completions fish > ~/.config/fish/completions/ctl.fish";
+
+/// Which key to authenticate with.
+#[derive(Debug, Args)]
+pub struct KeyArgs {
+    /// Key file [default: $CTL_KEY_FILE, else ~/.config/rexec/key].
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "CTL_KEY_FILE",
+        hide_env_values = true
+    )]
+    pub key_file: Option<PathBuf>,
+
+    /// Use the key with this id instead of the file's first one.
+    #[arg(long, value_name = "ID")]
+    pub key_id: Option<String>,
+}
+
+/// Where to connect and how patiently.
+#[derive(Debug, Args)]
+pub struct TargetArgs {
+    /// Targets, comma-separated (repeatable); selects many-target output even for one.
+    #[arg(
+        short = 'H',
+        long = "hosts",
+        value_name = "TARGET,...",
+        value_delimiter = ','
+    )]
+    pub hosts: Vec<String>,
+
+    /// File with one target per line (blank lines and # comments skipped).
+    #[arg(long, value_name = "FILE")]
+    pub hosts_file: Option<PathBuf>,
+
+    /// Most targets to run at once.
+    #[arg(short = 'P', long, value_name = "N", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub parallel: u32,
+
+    /// Seconds allowed to connect and authenticate, per target.
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
+    pub connect_timeout: Duration,
+
+    /// Port for targets that name none.
+    #[arg(long, value_name = "PORT", env = "CTL_PORT", default_value_t = DEFAULT_PORT)]
+    pub port: u16,
+}
+
+impl TargetArgs {
+    pub fn many(&self) -> bool {
+        !self.hosts.is_empty() || self.hosts_file.is_some()
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub key: KeyArgs,
+
+    #[command(flatten)]
+    pub targets: TargetArgs,
+
+    /// Seconds the command may run; then its process group is killed and ctl exits 124.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub timeout: Option<Duration>,
+
+    /// Give the command an empty stdin instead of forwarding ctl's.
+    #[arg(short = 'n', long)]
+    pub no_stdin: bool,
+
+    /// Set a variable in the remote environment (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+
+    /// Remote working directory.
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<String>,
+
+    /// Write one JSON object per target to stdout (JSON Lines) instead of the output.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Print each target's output as one block when it finishes, folding identical outputs.
+    #[arg(long)]
+    pub group: bool,
+
+    /// Run this local script on every target (as `sh -s`; COMMAND words become its arguments).
+    #[arg(long, value_name = "FILE")]
+    pub script: Option<PathBuf>,
+
+    /// TARGET (unless -H or --hosts-file is given), then the COMMAND words, joined by spaces.
+    #[arg(value_name = "[TARGET] COMMAND", trailing_var_arg = true)]
+    pub words: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PingArgs {
+    #[command(flatten)]
+    pub key: KeyArgs,
+
+    #[command(flatten)]
+    pub targets: TargetArgs,
+
+    /// Targets to ping.
+    #[arg(value_name = "TARGET")]
+    pub positional: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Key id written in the file (what agent audit logs name).
+    #[arg(long, value_name = "NAME", default_value = "default")]
+    pub id: String,
+
+    /// Write to this new file (mode 0600) instead of stdout; never overwrites.
+    #[arg(short = 'o', long = "output", value_name = "PATH")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// Shell to write the completion script for.
+    #[arg(value_name = "SHELL", value_parser = ["bash", "elvish", "fish", "powershell", "zsh"])]
+    pub shell: String,
+}
+
+pub fn parse_env(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("{text:?} is not KEY=VALUE")),
+    }
+}

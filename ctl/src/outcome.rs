@@ -1,0 +1,141 @@
+//! How one target's job ended. An enum, so that contradictions (an exit code *and* a
+//! connection failure, a timeout with an exit code) cannot be built.
+
+use std::fmt;
+use std::time::Duration;
+
+use rexec_shared::message::ExitStatus;
+
+use crate::exit;
+
+/// Why a target did not deliver a complete, authenticated result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// Could not resolve, reach or connect in time.
+    Connect(String),
+    /// The handshake failed: wrong key, not an agent, refused.
+    Auth(String),
+    /// The stream was cut, altered, or the agent misbehaved after authenticating.
+    Stream(String),
+    /// The agent could not carry out the request (bad directory, cannot start the shell).
+    Agent(String),
+}
+
+impl Failure {
+    /// The short name of the failure's class, for scripts that branch on it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Connect(_) => "connect",
+            Self::Auth(_) => "auth",
+            Self::Stream(_) => "stream",
+            Self::Agent(_) => "agent",
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Connect(t) | Self::Auth(t) | Self::Stream(t) | Self::Agent(t) => f.write_str(t),
+        }
+    }
+}
+
+/// How a command on one target ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// The command exited by itself with this code.
+    Exited(i32),
+    /// The command was killed by this signal (not by `--timeout`).
+    Killed(i32),
+    /// The agent killed the command when `--timeout` ran out, with this signal if it said.
+    TimedOut(Option<i32>),
+    /// `--timeout` and its slack passed with no word from the agent: ctl gave up waiting and
+    /// cannot know what happened there.
+    Unanswered,
+    /// No complete, authenticated result.
+    Failed(Failure),
+}
+
+impl Ending {
+    /// The ending an exit report from the agent describes.
+    pub fn from_status(status: ExitStatus) -> Self {
+        match status {
+            ExitStatus {
+                timed_out: true,
+                signal,
+                ..
+            } => Self::TimedOut(signal),
+            ExitStatus {
+                code: Some(code), ..
+            } => Self::Exited(code),
+            ExitStatus {
+                signal: Some(sig), ..
+            } => Self::Killed(sig),
+            ExitStatus { .. } => Self::Failed(Failure::Stream(
+                "protocol error: the agent reported neither an exit code nor a signal".into(),
+            )),
+        }
+    }
+
+    /// ctl's exit status for this ending, as the contract defines it.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            // Exit codes are 0-255 on Unix; a shell reports the low byte, and so do we.
+            Self::Exited(code) => (code & 0xff) as u8,
+            Self::Killed(sig) => exit::signalled(*sig),
+            Self::TimedOut(_) | Self::Unanswered => exit::TIMED_OUT,
+            Self::Failed(_) => exit::UNREACHABLE,
+        }
+    }
+}
+
+/// The result of one exec on one target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// How it ended.
+    pub ending: Ending,
+    /// Wall time from the start of the connection.
+    pub duration: Duration,
+}
+
+impl Outcome {
+    /// ctl's exit status for this outcome.
+    pub fn exit_code(&self) -> u8 {
+        self.ending.exit_code()
+    }
+
+    /// The failure, if the target gave no complete result.
+    pub fn failure(&self) -> Option<&Failure> {
+        match &self.ending {
+            Ending::Failed(f) => Some(f),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: Option<i32>, signal: Option<i32>, timed_out: bool) -> Ending {
+        Ending::from_status(ExitStatus {
+            code,
+            signal,
+            timed_out,
+        })
+    }
+
+    #[test]
+    fn exit_reports_map_to_endings_and_statuses() {
+        assert_eq!(status(Some(0), None, false), Ending::Exited(0));
+        assert_eq!(status(Some(3), None, false).exit_code(), 3);
+        assert_eq!(status(None, Some(9), false), Ending::Killed(9));
+        assert_eq!(status(None, Some(9), false).exit_code(), 137);
+        assert_eq!(status(None, Some(9), true), Ending::TimedOut(Some(9)));
+        assert_eq!(status(None, Some(9), true).exit_code(), 124);
+        assert_eq!(Ending::Unanswered.exit_code(), 124);
+        assert!(matches!(status(None, None, false), Ending::Failed(_)));
+        assert_eq!(status(None, None, false).exit_code(), 255);
+    }
+}

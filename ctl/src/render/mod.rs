@@ -1,0 +1,103 @@
+//! What the user sees of a run: one [`Renderer`](crate::engine::Renderer) per way of showing
+//! results, over a shared [`Console`] that keeps lines whole and the progress bar out of the
+//! way.
+//!
+//! - [`single::Single`]: one target, its output passed through byte for byte.
+//! - [`fleet::Fleet`]: many targets, as prefixed lines, `--group` blocks or `--json` records,
+//!   with a summary line and a progress bar.
+//! - [`ping::Pings`]: one line per answering (or failing) target.
+
+pub mod fleet;
+pub mod json;
+mod lines;
+pub mod ping;
+pub mod progress;
+pub mod single;
+mod summary;
+
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::outcome::{Ending, Outcome};
+use crate::output::{Output, Passthrough};
+use crate::target::Target;
+use progress::Progress;
+
+/// Which of ctl's output streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum To {
+    /// ctl's stdout.
+    Out,
+    /// ctl's stderr.
+    Err,
+}
+
+/// ctl's stdout and stderr, shared by all targets: one lock, so each write of whole lines
+/// lands in one piece, and the progress bar is taken off the screen around it.
+pub struct Console {
+    io: Mutex<Passthrough>,
+    progress: Option<Arc<Progress>>,
+    stdout_is_tty: bool,
+}
+
+impl Console {
+    /// A console, with a progress bar when one is given.
+    pub fn new(progress: Option<Arc<Progress>>) -> Self {
+        Self {
+            io: Mutex::new(Passthrough::new()),
+            progress,
+            stdout_is_tty: is_tty(1),
+        }
+    }
+
+    /// The progress bar, if there is one.
+    pub fn progress(&self) -> Option<&Progress> {
+        self.progress.as_deref()
+    }
+
+    /// Writes `bytes` (whole lines) in one piece.
+    pub fn write(&self, to: To, bytes: &[u8]) -> io::Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        // A panic while holding the lock leaves nothing half-updated that matters here.
+        let mut io = self.io.lock().unwrap_or_else(|e| e.into_inner());
+        let mut write = || match to {
+            To::Out => io.stdout(bytes),
+            To::Err => io.stderr(bytes),
+        };
+        match &self.progress {
+            // The bar is on stderr; stdout only shares the screen when it is a terminal too.
+            Some(bar) if to == To::Err || self.stdout_is_tty => bar.suspend(write),
+            _ => write(),
+        }
+    }
+
+    /// Removes the progress bar for good.
+    pub fn clear_progress(&self) {
+        if let Some(bar) = &self.progress {
+            bar.clear();
+        }
+    }
+}
+
+/// Whether file descriptor `fd` is a terminal.
+pub fn is_tty(fd: i32) -> bool {
+    // SAFETY: isatty only inspects the descriptor.
+    unsafe { libc::isatty(fd) == 1 }
+}
+
+/// The line a target's failure or timeout is reported with, if it needs one.
+pub fn diagnosis(target: &Target, outcome: &Outcome, timeout: Option<Duration>) -> Option<String> {
+    match &outcome.ending {
+        Ending::Failed(failure) => Some(format!("ctl: {target}: {failure}\n")),
+        Ending::TimedOut(_) | Ending::Unanswered => {
+            let secs = timeout.map_or(0.0, |t| t.as_secs_f64());
+            Some(format!(
+                "ctl: {target}: command timed out after {secs}s; its process group was killed\n"
+            ))
+        }
+        Ending::Exited(_) | Ending::Killed(_) => None,
+    }
+}

@@ -1,0 +1,144 @@
+//! The summary line a many-target run ends with, e.g.
+//! `ctl: 10 targets: 7 ok, 2 failed (exit 1: web3; exit 2: web7), 1 unreachable (web9)`.
+//!
+//! Built as targets finish: only the names of targets that did not succeed are kept.
+
+use std::collections::BTreeMap;
+
+use crate::outcome::{Ending, Failure};
+
+/// How many targets the summary names per kind of failure before it says how many more.
+const SUMMARY_NAMES: usize = 20;
+
+/// Targets named by the order they were given in, with their spelling.
+type Names = Vec<(usize, String)>;
+
+/// The tally of a run so far.
+#[derive(Debug, Default)]
+pub struct Summary {
+    ok: usize,
+    /// Reached but not successful, by (exit status, label).
+    failed: BTreeMap<(u8, String), Names>,
+    unreachable: Names,
+    skipped: usize,
+}
+
+impl Summary {
+    /// Counts target number `index` (in the order given), spelled `name`, as `ending` says.
+    pub fn record(&mut self, index: usize, name: &str, ending: &Ending) {
+        let code = ending.exit_code();
+        let label = match ending {
+            Ending::Exited(0) => {
+                self.ok += 1;
+                return;
+            }
+            Ending::Failed(Failure::Connect(_) | Failure::Auth(_)) => {
+                self.unreachable.push((index, name.to_owned()));
+                return;
+            }
+            Ending::Failed(Failure::Stream(_) | Failure::Agent(_)) => "error".to_owned(),
+            Ending::TimedOut(_) | Ending::Unanswered => "timed out".to_owned(),
+            Ending::Exited(n) => format!("exit {n}"),
+            Ending::Killed(sig) => format!("signal {sig}"),
+        };
+        self.failed
+            .entry((code, label))
+            .or_default()
+            .push((index, name.to_owned()));
+    }
+
+    /// Counts `n` targets that were never started.
+    pub fn skipped(&mut self, n: usize) {
+        self.skipped += n;
+    }
+
+    /// The summary line, without a newline.
+    pub fn line(&mut self) -> String {
+        let failed: usize = self.failed.values().map(Vec::len).sum();
+        let total = self.ok + failed + self.unreachable.len() + self.skipped;
+        let plural = if total == 1 { "" } else { "s" };
+        let mut line = format!(
+            "ctl: {total} target{plural}: {} ok, {failed} failed",
+            self.ok
+        );
+        if failed > 0 {
+            let parts: Vec<String> = self
+                .failed
+                .iter_mut()
+                .map(|((_, label), names)| format!("{label}: {}", list(names)))
+                .collect();
+            line += &format!(" ({})", parts.join("; "));
+        }
+        line += &format!(", {} unreachable", self.unreachable.len());
+        if !self.unreachable.is_empty() {
+            line += &format!(" ({})", list(&mut self.unreachable));
+        }
+        if self.skipped > 0 {
+            line += &format!(", {} not started (stopped first)", self.skipped);
+        }
+        line
+    }
+}
+
+/// The names in the order given, the first [`SUMMARY_NAMES`] of them, then how many more.
+fn list(names: &mut Names) -> String {
+    names.sort_unstable();
+    let shown = names
+        .iter()
+        .take(SUMMARY_NAMES)
+        .map(|(_, n)| n.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    match names.len().saturating_sub(SUMMARY_NAMES) {
+        0 => shown,
+        more => format!("{shown} and {more} more"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_counts_and_names() {
+        let mut s = Summary::default();
+        let endings = [
+            Ending::Exited(0),
+            Ending::Exited(2),
+            Ending::Exited(1),
+            Ending::Failed(Failure::Connect("no".into())),
+            Ending::Exited(1),
+            Ending::TimedOut(Some(9)),
+        ];
+        // Finishing order differs from the order given; names follow the order given.
+        for i in [5, 4, 3, 2, 1, 0] {
+            s.record(i, ["a", "b", "c", "d", "e", "f"][i], &endings[i]);
+        }
+        assert_eq!(
+            s.line(),
+            "ctl: 6 targets: 1 ok, 4 failed (exit 1: c, e; exit 2: b; timed out: f), 1 unreachable (d)"
+        );
+        let mut one = Summary::default();
+        one.record(0, "a", &Ending::Exited(0));
+        assert_eq!(one.line(), "ctl: 1 target: 1 ok, 0 failed, 0 unreachable");
+        one.skipped(2);
+        assert_eq!(
+            one.line(),
+            "ctl: 3 targets: 1 ok, 0 failed, 0 unreachable, 2 not started (stopped first)"
+        );
+    }
+
+    #[test]
+    fn summary_shortens_long_lists() {
+        let mut s = Summary::default();
+        for i in 0..30 {
+            s.record(
+                i,
+                &format!("h{i}"),
+                &Ending::Failed(Failure::Auth("x".into())),
+            );
+        }
+        let line = s.line();
+        assert!(line.ends_with("h19 and 10 more)"), "{line}");
+    }
+}
