@@ -1,11 +1,12 @@
 //! Runs one command for an authenticated client: `sh -c` in its own process group, output
-//! streamed back with backpressure, stdin forwarded, and the group killed when it must be.
+//! streamed back with backpressure, stdin forwarded, and its process tree killed when it must
+//! be (through [`crate::process`]).
 
 use std::io;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rexec_shared::frame::HEADER_LEN;
@@ -13,8 +14,11 @@ use rexec_shared::message::{kind, ClientMsg, ExecRequest, ExitStatus, ServerMsg}
 use rexec_shared::transport::{SealedReader, SealedWriter};
 use rexec_shared::ProtocolError;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::process::{Child, ChildStdin, Command};
+use tokio::process::{Child, ChildStdin};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::process::{self, Tree};
 
 /// Bytes read from a pipe per frame.
 const CHUNK: usize = 256 * 1024;
@@ -95,18 +99,14 @@ where
         bytes_out: 0,
         duration: Duration::ZERO,
     };
-    let mut child = match spawn(&req) {
-        Ok(child) => child,
+    let (mut child, tree) = match spawn(&req) {
+        Ok(spawned) => spawned,
         Err(text) => {
             let _ = writer.send_server(&ServerMsg::Error(text.clone())).await;
             let _ = writer.shutdown().await;
             outcome.error = Some(text);
             return outcome;
         }
-    };
-    let Some(pgid) = child.id().and_then(|id| i32::try_from(id).ok()) else {
-        outcome.error = Some("child exited before its id was read".into());
-        return outcome;
     };
     let (events_tx, events_rx) = mpsc::channel(4);
     let reader_task = tokio::spawn(forward_client(
@@ -115,17 +115,15 @@ where
         events_tx.clone(),
         ctx.peer_closed,
     ));
-    let why = Arc::new(Mutex::new(None));
     let (exited_tx, exited_rx) = oneshot::channel();
     let deadline = req.timeout_ms.map(|ms| started + Duration::from_millis(ms));
     let watchdog = tokio::spawn(watchdog(
-        pgid,
+        tree,
         deadline,
         events_rx,
         ctx.shutdown,
         exited_rx,
         ctx.kill_grace,
-        why.clone(),
     ));
 
     let mut pump = Pump {
@@ -141,7 +139,9 @@ where
         .await;
     outcome.bytes_out = pump.bytes_out;
     reader_task.abort();
-    outcome.killed = *why.lock().unwrap_or_else(|e| e.into_inner());
+    // The pump has told the watchdog that the command exited, so it has decided by now.
+    let kill = watchdog.await.ok().flatten();
+    outcome.killed = kill.as_ref().map(|k| k.reason);
     match status {
         Ok(status) => {
             let status = ExitStatus {
@@ -163,7 +163,9 @@ where
     if !pump.sending && outcome.error.is_none() {
         outcome.error = Some("client went away before the command ended".into());
     }
-    let _ = watchdog.await;
+    if let Some(kill) = kill {
+        let _ = kill.done.await;
+    }
     outcome
 }
 
@@ -293,12 +295,12 @@ async fn read_some<P: AsyncRead + Unpin>(
     }
 }
 
-fn spawn(req: &ExecRequest) -> Result<Child, String> {
+fn spawn(req: &ExecRequest) -> Result<(Child, Tree), String> {
     let command = std::ffi::OsStr::from_bytes(&req.command);
     if req.command.contains(&0) {
         return Err("command contains a NUL byte".into());
     }
-    let mut cmd = Command::new("sh");
+    let mut cmd = std::process::Command::new("sh");
     cmd.arg("-c").arg(command);
     for (key, value) in &req.env {
         if key.is_empty() || key.contains(&b'=') || key.contains(&0) || value.contains(&0) {
@@ -334,7 +336,7 @@ fn spawn(req: &ExecRequest) -> Result<Child, String> {
     .stdout(Stdio::piped())
     .stderr(Stdio::piped())
     .process_group(0);
-    cmd.spawn().map_err(|e| format!("cannot start sh: {e}"))
+    process::spawn(cmd).map_err(|e| format!("cannot start sh: {e}"))
 }
 
 /// Reads the client's messages while the command runs: stdin goes to the command, a cancel or
@@ -412,35 +414,41 @@ async fn write_watching(
     }
 }
 
-/// Kills the process group when the timeout runs out, the client cancels or leaves, or the
-/// agent shuts down; does nothing if the command exits by itself first, so background children
-/// it started on purpose keep running.
+/// A kill the watchdog decided on and started.
+struct Kill {
+    reason: KillReason,
+    /// Ends once the tree got SIGKILL or was gone before.
+    done: JoinHandle<()>,
+}
+
+/// Kills the process tree when the timeout runs out, the client cancels or leaves, or the
+/// agent shuts down, and says why; does nothing if the command exits by itself first, so
+/// background children it started on purpose keep running.
 async fn watchdog(
-    pgid: i32,
+    tree: Tree,
     deadline: Option<Instant>,
     mut events: mpsc::Receiver<ClientEvent>,
     mut shutdown: watch::Receiver<bool>,
     mut exited: oneshot::Receiver<()>,
     grace: Duration,
-    why: Arc<Mutex<Option<KillReason>>>,
-) {
+) -> Option<Kill> {
     let sleep_until = async {
         match deadline {
             Some(at) => tokio::time::sleep_until(at.into()).await,
             None => std::future::pending().await,
         }
     };
-    // Held until the group is dead; see ClientEvent::Gone.
+    // Held until the tree is dead; see ClientEvent::Gone.
     let mut held_stdin = None;
     let (reason, signal) = tokio::select! {
         biased;
-        _ = &mut exited => return,
+        _ = &mut exited => return None,
         () = sleep_until => (KillReason::Timeout, libc::SIGTERM),
         event = events.recv() => match event {
             Some(ClientEvent::Cancel(sig)) if (1..=64).contains(&sig) => (KillReason::Cancel(sig), sig),
             Some(ClientEvent::Cancel(_)) => (KillReason::Cancel(libc::SIGTERM), libc::SIGTERM),
             Some(ClientEvent::Gone { reason, stdin, tampered }) => {
-                tracing::debug!(pgid, "{reason}");
+                tracing::debug!(leader = tree.leader(), "{reason}");
                 held_stdin = stdin;
                 // A tampered stream gets no chance to act on what it was fed: no SIGTERM handler.
                 (KillReason::ClientGone, if tampered { libc::SIGKILL } else { libc::SIGTERM })
@@ -449,30 +457,11 @@ async fn watchdog(
         },
         _ = shutdown.wait_for(|stop| *stop) => (KillReason::Shutdown, libc::SIGTERM),
     };
-    *why.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
-    kill_group(pgid, signal);
-    let end = Instant::now() + grace;
-    while Instant::now() < end {
-        if !group_exists(pgid) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    kill_group(pgid, libc::SIGKILL);
-    drop(held_stdin);
-}
-
-fn kill_group(pgid: i32, signal: i32) {
-    // SAFETY: killpg has no memory-safety preconditions; a vanished group only yields ESRCH.
-    unsafe {
-        libc::killpg(pgid, signal);
-    }
-}
-
-fn group_exists(pgid: i32) -> bool {
-    // SAFETY: as above; signal 0 only checks that the group exists.
-    let rc = unsafe { libc::killpg(pgid, 0) };
-    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    let done = tokio::spawn(async move {
+        tree.terminate(signal, grace).await;
+        drop(held_stdin);
+    });
+    Some(Kill { reason, done })
 }
 
 #[cfg(test)]
@@ -539,6 +528,8 @@ mod tests {
             .next()
             .and_then(|l| l.parse().ok())
             .expect("group id");
-        assert!(!group_exists(pgid), "the command's group survived");
+        // SAFETY: signal 0 only checks whether the group exists.
+        let alive = unsafe { libc::killpg(pgid, 0) } == 0;
+        assert!(!alive, "the command's group survived");
     }
 }

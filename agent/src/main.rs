@@ -5,6 +5,7 @@ mod audit;
 mod connection;
 mod exec;
 mod logging;
+mod process;
 mod server;
 
 use std::net::SocketAddr;
