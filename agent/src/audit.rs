@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 
 use crate::exec::{KillReason, Outcome};
 use crate::logging::AUDIT;
+use crate::request::push::Outcome as TransferOutcome;
 
 /// Logs the end of one command: peer, key id, command, status, duration, bytes sent.
 pub fn command(peer: SocketAddr, key_id: &str, command: &[u8], outcome: &Outcome) {
@@ -49,4 +50,37 @@ fn describe(outcome: &Outcome) -> String {
         text.push_str(&format!(", error: {error}"));
     }
     text
+}
+
+/// Logs the end of one file transfer: peer, key id, direction, paths, counts, duration.
+pub fn transfer(
+    peer: SocketAddr,
+    key_id: &str,
+    direction: &str,
+    paths: &[Vec<u8>],
+    outcome: &TransferOutcome,
+) {
+    let paths = paths
+        .iter()
+        .map(|p| String::from_utf8_lossy(p))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let status = match (&outcome.error, outcome.failed) {
+        (Some(error), _) => format!("not finished: {error}"),
+        (None, 0) => "ok".to_owned(),
+        (None, n) => format!("{n} failed"),
+    };
+    tracing::info!(
+        target: AUDIT,
+        %peer,
+        key_id,
+        request = direction,
+        paths = &*paths,
+        status,
+        files = outcome.files,
+        bytes = outcome.bytes,
+        failed = outcome.failed,
+        duration_ms = outcome.duration.as_millis() as u64,
+        "transfer finished"
+    );
 }

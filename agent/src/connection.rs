@@ -17,6 +17,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::audit;
 use crate::exec::{self, ExecContext};
+use crate::request;
 use crate::server::{PendingGuard, Shared};
 
 /// Serves one accepted connection until its exchange is over.
@@ -98,6 +99,16 @@ pub async fn serve(
             let outcome = exec::run(req, reader, writer, ctx).await;
             audit::command(peer, &key_id, &command, &outcome);
         }
+        Request::Push(req) => {
+            let dest = req.dest.clone();
+            let outcome = request::push::run(req, reader, writer, shutdown).await;
+            audit::transfer(peer, &key_id, "push", &[dest], &outcome);
+        }
+        Request::Pull(req) => {
+            let paths = req.paths.clone();
+            let outcome = request::pull::run(req, reader, writer, shutdown).await;
+            audit::transfer(peer, &key_id, "pull", &paths, &outcome);
+        }
     }
 }
 
@@ -163,12 +174,16 @@ pub fn log_unauthenticated_close(peer: SocketAddr, reason: &str) {
 enum Request {
     Ping,
     Exec(rexec_shared::message::ExecRequest),
+    Push(rexec_shared::files::wire::PushRequest),
+    Pull(rexec_shared::files::wire::PullRequest),
 }
 
 fn to_owned_request(msg: ClientMsg<'_>) -> Option<Request> {
     match msg {
         ClientMsg::Exec(req) => Some(Request::Exec(req)),
         ClientMsg::Ping => Some(Request::Ping),
+        ClientMsg::Push(req) => Some(Request::Push(req)),
+        ClientMsg::Pull(req) => Some(Request::Pull(req)),
         _ => None,
     }
 }

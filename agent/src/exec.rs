@@ -370,9 +370,12 @@ async fn forward_client<R: AsyncRead + Unpin>(
             ClientMsg::Cancel { signal } => {
                 let _ = events.send(ClientEvent::Cancel(i32::from(signal))).await;
             }
-            ClientMsg::Exec(_) | ClientMsg::Ping => {
+            other => {
                 break (
-                    "client sent a second request on one connection".to_owned(),
+                    format!(
+                        "protocol error: client sent frame kind 0x{:02x} during a command",
+                        other.kind()
+                    ),
                     false,
                 );
             }

@@ -6,6 +6,7 @@ mod connection;
 mod exec;
 mod logging;
 mod process;
+mod request;
 mod server;
 
 use std::net::SocketAddr;

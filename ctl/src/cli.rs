@@ -35,6 +35,12 @@ pub enum Command {
     /// Check that targets answer and accept the key; print round-trip time and agent version.
     #[command(after_help = PING_EXAMPLES)]
     Ping(PingArgs),
+    /// Copy local files (directories with -r) to one target, or many (-H, --hosts-file).
+    #[command(after_help = PUSH_EXAMPLES)]
+    Push(PushArgs),
+    /// Copy files (directories with -r) from one target, or many, into a local directory.
+    #[command(after_help = PULL_EXAMPLES)]
+    Pull(PullArgs),
     /// Write a new key file (mode 0600), or print one to stdout.
     #[command(after_help = KEYGEN_EXAMPLES)]
     Keygen(KeygenArgs),
@@ -53,6 +59,31 @@ Examples:
   ctl exec -H web1,web2 -H db1 --group 'cat /etc/os-release'
   ctl exec --hosts-file fleet.txt -P 200 --script check.sh -- --quick
   ctl exec --hosts-file fleet.txt --json 'df -h /' | jq -r 'select(.status != 0) | .target'";
+
+const PUSH_EXAMPLES: &str = "\
+DEST is a directory when it exists there or when several SOURCEs are given (or it ends in
+'/'); otherwise it is the new path of the one SOURCE. Each file appears atomically: one that
+fails or is cut leaves the old file in place. One line per target says what was copied.
+
+Examples:
+  ctl push web1 nginx.conf /etc/nginx/nginx.conf
+  ctl push -H web1,web2 -p app.tar.gz app.sha256 /srv/releases/
+  ctl push --hosts-file fleet.txt -r site /var/www/
+
+Exit status: 0 when every target got every file; 1 when a file could not be read or
+written; 255 when a target could not be reached, authenticated or its stream was cut;
+124 when --timeout ran out; the highest of these over all targets.";
+
+const PULL_EXAMPLES: &str = "\
+With one TARGET the files land in LOCAL_DIR; with -H/--hosts-file in LOCAL_DIR/<target>/,
+the target as written. Nothing an agent sends is written outside that directory: paths with
+'..', absolute paths, and symlinks that lead out are refused.
+
+Examples:
+  ctl pull web1 /etc/nginx/nginx.conf .
+  ctl pull -H web1,web2 -r /var/log/nginx logs/      # logs/web1/nginx/..., logs/web2/nginx/...
+
+Exit status: as for push.";
 
 const PING_EXAMPLES: &str = "\
 Examples:
@@ -162,6 +193,60 @@ pub struct ExecArgs {
     /// TARGET (unless -H or --hosts-file is given), then the COMMAND words, joined by spaces.
     #[arg(value_name = "[TARGET] COMMAND", trailing_var_arg = true)]
     pub words: Vec<String>,
+}
+
+/// Options push and pull share.
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    /// Copy directories and everything in them (symlinks are copied as symlinks).
+    #[arg(short = 'r', long)]
+    pub recursive: bool,
+
+    /// Keep modification times (modes are always kept).
+    #[arg(short = 'p', long)]
+    pub preserve: bool,
+
+    /// Seconds one target's transfer may take; then it is cut (nothing partial is kept).
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub timeout: Option<Duration>,
+
+    /// Write one JSON object per target to stdout (JSON Lines) instead of result lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    #[command(flatten)]
+    pub key: KeyArgs,
+
+    #[command(flatten)]
+    pub targets: TargetArgs,
+
+    #[command(flatten)]
+    pub copy: CopyArgs,
+
+    /// TARGET (unless -H or --hosts-file is given), the local SOURCEs, then the remote DEST.
+    #[arg(value_name = "[TARGET] SOURCE... DEST", required = true,
+          value_parser = clap::value_parser!(std::ffi::OsString))]
+    pub words: Vec<std::ffi::OsString>,
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    #[command(flatten)]
+    pub key: KeyArgs,
+
+    #[command(flatten)]
+    pub targets: TargetArgs,
+
+    #[command(flatten)]
+    pub copy: CopyArgs,
+
+    /// TARGET (unless -H or --hosts-file is given), the REMOTE paths, then the LOCAL_DIR.
+    #[arg(value_name = "[TARGET] REMOTE... LOCAL_DIR", required = true,
+          value_parser = clap::value_parser!(std::ffi::OsString))]
+    pub words: Vec<std::ffi::OsString>,
 }
 
 #[derive(Debug, Args)]

@@ -2,7 +2,8 @@
 
 //!
 //! This file parses the command line ([`cli`]) and dispatches: `exec` and `ping` are jobs on
-//! the fan-out [`engine`], shown by one of the [`render`]ers; `keygen` and `completions` are
+//! the fan-out [`engine`], shown by one of the [`render`]ers, and so are `push` and `pull`
+//! ([`transfer`]); `keygen` and `completions` are
 //! local.
 
 mod cli;
@@ -17,6 +18,7 @@ mod render;
 mod signals;
 mod stdin;
 mod target;
+mod transfer;
 
 use std::process::ExitCode;
 use std::str::FromStr;
@@ -26,7 +28,10 @@ use std::time::Duration;
 use clap::Parser;
 use rexec_shared::message::ExecRequest;
 
-use crate::cli::{Cli, Command, CompletionsArgs, ExecArgs, KeygenArgs, PingArgs, TargetArgs};
+use crate::cli::{
+    Cli, Command, CompletionsArgs, CopyArgs, ExecArgs, KeygenArgs, PingArgs, PullArgs, PushArgs,
+    TargetArgs,
+};
 use crate::engine::{Limits, Stop};
 use crate::render::fleet::{Fleet, Style};
 use crate::render::ping::Pings;
@@ -48,6 +53,8 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::Exec(args) => runtime.block_on(exec(args)),
         Command::Ping(args) => runtime.block_on(ping(args)),
+        Command::Push(args) => runtime.block_on(push(args)),
+        Command::Pull(args) => runtime.block_on(pull(args)),
         Command::Keygen(args) => keygen(args),
         Command::Completions(args) => completions(args),
     };
@@ -206,6 +213,150 @@ async fn ping(args: PingArgs) -> u8 {
     };
     let stop = Stop::following(signals::watch());
     engine::run(job, targets, limits, stop, &mut Pings::new()).await
+}
+
+/// The targets and the remaining words of a push or pull command line.
+fn copy_targets(
+    targets: &TargetArgs,
+    words: &[std::ffi::OsString],
+) -> Result<(Vec<Target>, Vec<std::ffi::OsString>), String> {
+    let mut words = words.to_vec();
+    if targets.many() {
+        let list = fleet_targets(targets, &[])?;
+        if list.is_empty() {
+            return Err("no targets: -H and --hosts-file named none".into());
+        }
+        return Ok((list, words));
+    }
+    if words.is_empty() {
+        return Err("missing TARGET: give a target, or -H/--hosts-file".into());
+    }
+    let first = words.remove(0);
+    let text = first
+        .to_str()
+        .ok_or_else(|| format!("invalid target {first:?}: not UTF-8"))?;
+    Ok((vec![Target::parse(text, targets.port)?], words))
+}
+
+async fn push(args: PushArgs) -> u8 {
+    use std::os::unix::ffi::OsStrExt;
+    let (targets, mut words) = match copy_targets(&args.targets, &args.words) {
+        Ok(x) => x,
+        Err(e) => return usage_error(e),
+    };
+    let Some(dest) = words.pop().filter(|_| !words.is_empty()) else {
+        return usage_error("missing SOURCE or DEST: give at least one local SOURCE and a remote DEST");
+    };
+    // Sources that cannot be read at all are reported once, before any connection.
+    let mut worst = 0;
+    let mut sources = Vec::new();
+    for source in &words {
+        let shown = transfer::safe(&source.to_string_lossy());
+        match std::fs::metadata(source) {
+            Ok(meta) if meta.is_dir() && !args.copy.recursive => {
+                eprintln!("ctl: {shown} is a directory (use -r to copy it)");
+                worst = exit::FAILURE;
+            }
+            Ok(_) => sources.push(source.as_bytes().to_vec()),
+            Err(e) => {
+                eprintln!("ctl: cannot read {shown}: {e}");
+                worst = exit::FAILURE;
+            }
+        }
+    }
+    if sources.is_empty() {
+        return worst;
+    }
+    let key = match keys::load(args.key.key_file.as_deref(), args.key.key_id.as_deref()) {
+        Ok(key) => key,
+        Err(e) => return usage_error(format!("{e:#}")),
+    };
+    let request = rexec_shared::files::wire::PushRequest {
+        into_dir: words.len() > 1 || dest.as_bytes().ends_with(b"/"),
+        dest: dest.as_bytes().to_vec(),
+        keep_times: args.copy.preserve,
+    };
+    let report: transfer::hub::Report = Box::new(|message| eprintln!("ctl: {message}"));
+    let job = transfer::Push {
+        common: transfer_common(key, &args.targets, &args.copy),
+        hub: transfer::hub::Hub::new(sources, args.copy.recursive, report),
+        request,
+    };
+    let code = run_transfer(Arc::new(job), &args.targets, &args.copy, targets).await;
+    worst.max(code)
+}
+
+async fn pull(args: PullArgs) -> u8 {
+    use std::os::unix::ffi::OsStrExt;
+    let (targets, mut words) = match copy_targets(&args.targets, &args.words) {
+        Ok(x) => x,
+        Err(e) => return usage_error(e),
+    };
+    let Some(local_dir) = words.pop().filter(|_| !words.is_empty()) else {
+        return usage_error(
+            "missing REMOTE or LOCAL_DIR: give at least one remote path and a local directory",
+        );
+    };
+    let local_dir = std::path::PathBuf::from(local_dir);
+    match std::fs::metadata(&local_dir) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => {
+            eprintln!("ctl: {} is not a directory", local_dir.display());
+            return exit::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("ctl: cannot use {}: {e}", local_dir.display());
+            return exit::FAILURE;
+        }
+    }
+    let key = match keys::load(args.key.key_file.as_deref(), args.key.key_id.as_deref()) {
+        Ok(key) => key,
+        Err(e) => return usage_error(format!("{e:#}")),
+    };
+    let job = transfer::Pull {
+        common: transfer_common(key, &args.targets, &args.copy),
+        request: rexec_shared::files::wire::PullRequest {
+            paths: words.iter().map(|w| w.as_bytes().to_vec()).collect(),
+            recursive: args.copy.recursive,
+        },
+        local_dir,
+        many: args.targets.many(),
+        keep_times: args.copy.preserve,
+    };
+    run_transfer(Arc::new(job), &args.targets, &args.copy, targets).await
+}
+
+fn transfer_common(
+    key: rexec_shared::keyfile::KeyEntry,
+    targets: &TargetArgs,
+    copy: &CopyArgs,
+) -> transfer::Common {
+    transfer::Common {
+        key,
+        connect_timeout: targets.connect_timeout,
+        timeout: copy.timeout,
+    }
+}
+
+async fn run_transfer<J: engine::Job<Done = transfer::Transfer>>(
+    job: Arc<J>,
+    target_args: &TargetArgs,
+    copy: &CopyArgs,
+    targets: Vec<Target>,
+) -> u8 {
+    let interrupted = signals::watch();
+    let stop = Stop::following(interrupted.clone());
+    let limits = Limits {
+        parallel: target_args.parallel as usize,
+    };
+    let mut renderer =
+        render::transfer::Transfers::new(copy.json, target_args.many(), targets.len());
+    let code = engine::run(job, targets, limits, stop, &mut renderer).await;
+    let signalled = *interrupted.borrow();
+    match signalled {
+        Some(sig) => exit::signalled(sig),
+        None => code,
+    }
 }
 
 fn completions(args: CompletionsArgs) -> u8 {

@@ -26,6 +26,13 @@ pub struct Connection {
     writer: SealedWriter<OwnedWriteHalf>,
 }
 
+impl Connection {
+    /// The sealed halves, for exchanges other than exec and ping.
+    pub fn into_parts(self) -> (SealedReader<OwnedReadHalf>, SealedWriter<OwnedWriteHalf>) {
+        (self.reader, self.writer)
+    }
+}
+
 /// Resolves `target`, connects and authenticates, all within `timeout`.
 pub async fn connect(
     target: &Target,
@@ -92,7 +99,8 @@ fn handshake_failure(e: ProtocolError, key_id: &str) -> Failure {
     }
 }
 
-fn stream_failure(e: ProtocolError) -> Failure {
+/// The failure a broken stream after authentication is reported as.
+pub fn stream_failure(e: ProtocolError) -> Failure {
     match e {
         ProtocolError::Integrity => Failure::Stream(
             "integrity check failed: the stream from the agent was altered, reordered or replayed"
@@ -185,47 +193,48 @@ async fn run_exec<O: Output>(
     let signal_task = tokio::spawn(forward_signal);
 
     let mut stdout_open = true;
-    let result =
-        loop {
-            let next = tokio::select! {
-                msg = reader.next_server_msg() => msg,
-                () = sleep_until(local_deadline) => break Ok(None),
-            };
-            match next {
-                Ok(Some(ServerMsg::Stdout(data))) => {
-                    if stdout_open {
-                        if let Err(e) = out.stdout(data) {
-                            // Like a local pipeline: a closed stdout ends the command with SIGPIPE.
-                            stdout_open = false;
-                            if e.kind() == io::ErrorKind::BrokenPipe {
-                                let _ = cancel_tx.try_send(libc::SIGPIPE);
-                            } else {
-                                let _ = cancel_tx.try_send(libc::SIGTERM);
-                            }
+    let result = loop {
+        let next = tokio::select! {
+            msg = reader.next_server_msg() => msg,
+            () = sleep_until(local_deadline) => break Ok(None),
+        };
+        match next {
+            Ok(Some(ServerMsg::Stdout(data))) => {
+                if stdout_open {
+                    if let Err(e) = out.stdout(data) {
+                        // Like a local pipeline: a closed stdout ends the command with SIGPIPE.
+                        stdout_open = false;
+                        if e.kind() == io::ErrorKind::BrokenPipe {
+                            let _ = cancel_tx.try_send(libc::SIGPIPE);
+                        } else {
+                            let _ = cancel_tx.try_send(libc::SIGTERM);
                         }
                     }
                 }
-                Ok(Some(ServerMsg::Stderr(data))) => {
-                    let _ = out.stderr(data);
-                }
-                Ok(Some(ServerMsg::Exit(status))) => break Ok(Some(status)),
-                Ok(Some(ServerMsg::Error(text))) => {
-                    break Err(Failure::Agent(format!(
-                        "agent could not run the command: {text}"
-                    )))
-                }
-                Ok(Some(ServerMsg::Pong { .. })) => {
-                    break Err(Failure::Stream(
-                        "protocol error: agent answered a ping to an exec".into(),
-                    ))
-                }
-                Ok(None) => break Err(Failure::Stream(
+            }
+            Ok(Some(ServerMsg::Stderr(data))) => {
+                let _ = out.stderr(data);
+            }
+            Ok(Some(ServerMsg::Exit(status))) => break Ok(Some(status)),
+            Ok(Some(ServerMsg::Error(text))) => {
+                break Err(Failure::Agent(format!(
+                    "agent could not run the command: {text}"
+                )))
+            }
+            Ok(Some(_)) => {
+                break Err(Failure::Stream(
+                    "protocol error: agent answered an exec with another kind of message".into(),
+                ))
+            }
+            Ok(None) => {
+                break Err(Failure::Stream(
                     "stream truncated: connection closed before the command's exit status arrived"
                         .into(),
-                )),
-                Err(e) => break Err(stream_failure(e)),
+                ))
             }
-        };
+            Err(e) => break Err(stream_failure(e)),
+        }
+    };
     sender.abort();
     signal_task.abort();
     result

@@ -5,6 +5,7 @@
 //! big-endian fields and `u32`-length-prefixed byte strings; trailing bytes are an error.
 
 use crate::error::ProtocolError;
+use crate::files::wire::{FileEnd, FileError, FileHeader, PullRequest, PushRequest, TransferDone};
 
 /// Frame kinds of session messages.
 pub mod kind {
@@ -18,6 +19,18 @@ pub mod kind {
     pub const CANCEL: u8 = 0x13;
     /// Client: answer with the agent's version (for `ctl ping`).
     pub const PING: u8 = 0x14;
+    /// Client: write the tree that follows (`ctl push`).
+    pub const PUSH: u8 = 0x18;
+    /// Client: send these paths (`ctl pull`).
+    pub const PULL: u8 = 0x19;
+    /// Client: the start of an entry of a pushed tree.
+    pub const PUSH_HEADER: u8 = 0x1a;
+    /// Client: content of the current pushed file.
+    pub const PUSH_DATA: u8 = 0x1b;
+    /// Client: the end of the current pushed file, with its digest.
+    pub const PUSH_END: u8 = 0x1c;
+    /// Client: no more entries.
+    pub const PUSH_DONE: u8 = 0x1d;
     /// Agent: bytes the command wrote to stdout.
     pub const STDOUT: u8 = 0x20;
     /// Agent: bytes the command wrote to stderr.
@@ -28,6 +41,16 @@ pub mod kind {
     pub const ERROR: u8 = 0x23;
     /// Agent: answer to a ping, with the agent's version (final frame).
     pub const PONG: u8 = 0x24;
+    /// Agent: the start of an entry of a pulled tree.
+    pub const PULL_HEADER: u8 = 0x28;
+    /// Agent: content of the current pulled file.
+    pub const PULL_DATA: u8 = 0x29;
+    /// Agent: the end of the current pulled file, with its digest.
+    pub const PULL_END: u8 = 0x2a;
+    /// Agent: one entry could not be read or written; the transfer goes on.
+    pub const FILE_ERROR: u8 = 0x2b;
+    /// Agent: the transfer is over, with its totals (final frame).
+    pub const TRANSFER_DONE: u8 = 0x2c;
 }
 
 /// What the client asks the agent to run.
@@ -72,6 +95,18 @@ pub enum ClientMsg<'a> {
     },
     /// Ask for the agent's version.
     Ping,
+    /// Write the tree that follows.
+    Push(PushRequest),
+    /// Send these paths.
+    Pull(PullRequest),
+    /// Start of a pushed entry.
+    FileHeader(FileHeader),
+    /// Content of the current pushed file.
+    FileData(&'a [u8]),
+    /// End of the current pushed file.
+    FileEnd(FileEnd),
+    /// No more pushed entries.
+    PushDone,
 }
 
 /// A message from the agent to the client.
@@ -90,6 +125,16 @@ pub enum ServerMsg<'a> {
         /// Version text, e.g. `agent 0.1.0`.
         version: String,
     },
+    /// Start of a pulled entry.
+    FileHeader(FileHeader),
+    /// Content of the current pulled file.
+    FileData(&'a [u8]),
+    /// End of the current pulled file.
+    FileEnd(FileEnd),
+    /// An entry that could not be read or written.
+    FileError(FileError),
+    /// The transfer is over.
+    TransferDone(TransferDone),
 }
 
 impl ClientMsg<'_> {
@@ -101,6 +146,12 @@ impl ClientMsg<'_> {
             Self::StdinEof => kind::STDIN_EOF,
             Self::Cancel { .. } => kind::CANCEL,
             Self::Ping => kind::PING,
+            Self::Push(_) => kind::PUSH,
+            Self::Pull(_) => kind::PULL,
+            Self::FileHeader(_) => kind::PUSH_HEADER,
+            Self::FileData(_) => kind::PUSH_DATA,
+            Self::FileEnd(_) => kind::PUSH_END,
+            Self::PushDone => kind::PUSH_DONE,
         }
     }
 
@@ -122,9 +173,13 @@ impl ClientMsg<'_> {
                     put_bytes(out, value);
                 }
             }
-            Self::Stdin(data) => out.extend_from_slice(data),
-            Self::StdinEof | Self::Ping => {}
+            Self::Stdin(data) | Self::FileData(data) => out.extend_from_slice(data),
+            Self::StdinEof | Self::Ping | Self::PushDone => {}
             Self::Cancel { signal } => out.push(*signal),
+            Self::Push(req) => req.encode(out),
+            Self::Pull(req) => req.encode(out),
+            Self::FileHeader(header) => header.encode(out),
+            Self::FileEnd(end) => end.encode(out),
         }
     }
 }
@@ -164,6 +219,12 @@ impl<'a> ClientMsg<'a> {
             kind::STDIN_EOF => Self::StdinEof,
             kind::CANCEL => Self::Cancel { signal: r.u8()? },
             kind::PING => Self::Ping,
+            kind::PUSH => return Ok(Self::Push(PushRequest::decode(body)?)),
+            kind::PULL => return Ok(Self::Pull(PullRequest::decode(body)?)),
+            kind::PUSH_HEADER => return Ok(Self::FileHeader(FileHeader::decode(body)?)),
+            kind::PUSH_DATA => return Ok(Self::FileData(body)),
+            kind::PUSH_END => return Ok(Self::FileEnd(FileEnd::decode(body)?)),
+            kind::PUSH_DONE => Self::PushDone,
             other => return Err(ProtocolError::UnexpectedFrame(other)),
         };
         r.finish()?;
@@ -180,18 +241,28 @@ impl ServerMsg<'_> {
             Self::Exit(_) => kind::EXIT,
             Self::Error(_) => kind::ERROR,
             Self::Pong { .. } => kind::PONG,
+            Self::FileHeader(_) => kind::PULL_HEADER,
+            Self::FileData(_) => kind::PULL_DATA,
+            Self::FileEnd(_) => kind::PULL_END,
+            Self::FileError(_) => kind::FILE_ERROR,
+            Self::TransferDone(_) => kind::TRANSFER_DONE,
         }
     }
 
     /// Whether this message ends the exchange.
     pub fn is_final(&self) -> bool {
-        matches!(self, Self::Exit(_) | Self::Error(_) | Self::Pong { .. })
+        matches!(
+            self,
+            Self::Exit(_) | Self::Error(_) | Self::Pong { .. } | Self::TransferDone(_)
+        )
     }
 
     /// Appends the message body to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         match self {
-            Self::Stdout(data) | Self::Stderr(data) => out.extend_from_slice(data),
+            Self::Stdout(data) | Self::Stderr(data) | Self::FileData(data) => {
+                out.extend_from_slice(data)
+            }
             Self::Exit(status) => {
                 let flags = u8::from(status.code.is_some())
                     | u8::from(status.signal.is_some()) << 1
@@ -202,6 +273,10 @@ impl ServerMsg<'_> {
             }
             Self::Error(text) => out.extend_from_slice(text.as_bytes()),
             Self::Pong { version } => out.extend_from_slice(version.as_bytes()),
+            Self::FileHeader(header) => header.encode(out),
+            Self::FileEnd(end) => end.encode(out),
+            Self::FileError(error) => error.encode(out),
+            Self::TransferDone(done) => done.encode(out),
         }
     }
 }
@@ -241,6 +316,11 @@ impl<'a> ServerMsg<'a> {
             kind::PONG => Self::Pong {
                 version: String::from_utf8_lossy(body).into_owned(),
             },
+            kind::PULL_HEADER => Self::FileHeader(FileHeader::decode(body)?),
+            kind::PULL_DATA => Self::FileData(body),
+            kind::PULL_END => Self::FileEnd(FileEnd::decode(body)?),
+            kind::FILE_ERROR => Self::FileError(FileError::decode(body)?),
+            kind::TRANSFER_DONE => Self::TransferDone(TransferDone::decode(body)?),
             other => return Err(ProtocolError::UnexpectedFrame(other)),
         };
         if matches!(msg, Self::Exit(_)) {
@@ -338,6 +418,40 @@ mod tests {
         client_round_trip(ClientMsg::StdinEof);
         client_round_trip(ClientMsg::Cancel { signal: 2 });
         client_round_trip(ClientMsg::Ping);
+        client_round_trip(ClientMsg::Push(PushRequest {
+            dest: b"/srv".to_vec(),
+            into_dir: true,
+            keep_times: false,
+        }));
+        client_round_trip(ClientMsg::Pull(PullRequest {
+            paths: vec![b"/var/log".to_vec()],
+            recursive: true,
+        }));
+        let header = FileHeader {
+            kind: crate::files::wire::EntryKind::File,
+            mode: 0o644,
+            mtime_secs: 7,
+            mtime_nanos: 8,
+            size: 3,
+            path: b"a/b".to_vec(),
+            link: Vec::new(),
+        };
+        client_round_trip(ClientMsg::FileHeader(header.clone()));
+        client_round_trip(ClientMsg::FileData(b"abc"));
+        client_round_trip(ClientMsg::FileEnd(FileEnd::Complete([1; 32])));
+        client_round_trip(ClientMsg::PushDone);
+        server_round_trip(ServerMsg::FileHeader(header));
+        server_round_trip(ServerMsg::FileData(b"abc"));
+        server_round_trip(ServerMsg::FileEnd(FileEnd::Abandoned));
+        server_round_trip(ServerMsg::FileError(FileError {
+            path: b"x".to_vec(),
+            message: "permission denied".into(),
+        }));
+        server_round_trip(ServerMsg::TransferDone(TransferDone {
+            files: 1,
+            bytes: 3,
+            failed: 0,
+        }));
         server_round_trip(ServerMsg::Stdout(b"\x00\xffout"));
         server_round_trip(ServerMsg::Stderr(b""));
         server_round_trip(ServerMsg::Exit(ExitStatus {
@@ -365,6 +479,9 @@ mod tests {
         assert!(ClientMsg::decode(kind::STDOUT, b"").is_err());
         assert!(ServerMsg::decode(kind::EXEC, b"").is_err());
         assert!(ClientMsg::decode(0x7f, b"").is_err());
+        assert!(ClientMsg::decode(kind::PULL_DATA, b"").is_err());
+        assert!(ServerMsg::decode(kind::PUSH_DATA, b"").is_err());
+        assert!(ClientMsg::decode(kind::PUSH_DONE, b"x").is_err());
     }
 
     #[test]

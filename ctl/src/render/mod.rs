@@ -6,6 +6,8 @@
 //! - [`fleet::Fleet`]: many targets, as prefixed lines, `--group` blocks or `--json` records,
 //!   with a summary line and a progress bar.
 //! - [`ping::Pings`]: one line per answering (or failing) target.
+//! - [`transfer::Transfers`]: one result line (or `--json` record) per target of a push or
+//!   pull, its entries that failed as they happen, and the summary.
 
 pub mod fleet;
 pub mod json;
@@ -14,6 +16,7 @@ pub mod ping;
 pub mod progress;
 pub mod single;
 mod summary;
+pub mod transfer;
 
 use std::io;
 use std::sync::{Arc, Mutex};

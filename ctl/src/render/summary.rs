@@ -47,6 +47,22 @@ impl Summary {
             .push((index, name.to_owned()));
     }
 
+    /// Counts a target whose result is not a command's ending (a file transfer): `code` 0 is
+    /// ok, `unreachable` puts it with the targets that could not be reached or authenticated,
+    /// anything else is failed under `label`.
+    pub fn record_status(&mut self, index: usize, name: &str, code: u8, unreachable: bool, label: &str) {
+        if code == 0 {
+            self.ok += 1;
+        } else if unreachable {
+            self.unreachable.push((index, name.to_owned()));
+        } else {
+            self.failed
+                .entry((code, label.to_owned()))
+                .or_default()
+                .push((index, name.to_owned()));
+        }
+    }
+
     /// Counts `n` targets that were never started.
     pub fn skipped(&mut self, n: usize) {
         self.skipped += n;
@@ -117,6 +133,14 @@ mod tests {
         assert_eq!(
             s.line(),
             "ctl: 6 targets: 1 ok, 4 failed (exit 1: c, e; exit 2: b; timed out: f), 1 unreachable (d)"
+        );
+        let mut files = Summary::default();
+        files.record_status(0, "a", 0, false, "");
+        files.record_status(1, "b", 1, false, "files not copied");
+        files.record_status(2, "c", 255, true, "");
+        assert_eq!(
+            files.line(),
+            "ctl: 3 targets: 1 ok, 1 failed (files not copied: b), 1 unreachable (c)"
         );
         let mut one = Summary::default();
         one.record(0, "a", &Ending::Exited(0));
