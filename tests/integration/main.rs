@@ -9,6 +9,7 @@ mod exec_big;
 mod exec_cli;
 mod exec_keys;
 mod exec_signals;
+mod files;
 mod fleet;
 mod hardening;
 mod hardening_faults;

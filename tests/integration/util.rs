@@ -99,7 +99,27 @@ impl Agent {
         key_file: PathBuf,
         args: &[&str],
     ) -> Self {
-        let mut child = Command::new(bin("agent"))
+        Self::start_wrapped(&[], listen, dir, key_file, args)
+    }
+
+    /// An agent started through `wrapper` (a command that ends by running its arguments, e.g.
+    /// `sh -c 'ulimit -f 64; exec "$@"' sh`), otherwise as [`Agent::start_on`].
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        listen: &str,
+        dir: tempfile::TempDir,
+        key_file: PathBuf,
+        args: &[&str],
+    ) -> Self {
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(rest).arg(bin("agent"));
+                cmd
+            }
+            None => Command::new(bin("agent")),
+        };
+        let mut child = cmd
             .arg("--key-file")
             .arg(&key_file)
             .args(["--listen", listen])
