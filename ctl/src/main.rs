@@ -245,7 +245,9 @@ async fn push(args: PushArgs) -> u8 {
         Err(e) => return usage_error(e),
     };
     let Some(dest) = words.pop().filter(|_| !words.is_empty()) else {
-        return usage_error("missing SOURCE or DEST: give at least one local SOURCE and a remote DEST");
+        return usage_error(
+            "missing SOURCE or DEST: give at least one local SOURCE and a remote DEST",
+        );
     };
     // Sources that cannot be read at all are reported once, before any connection.
     let mut worst = 0;

@@ -50,7 +50,14 @@ impl Summary {
     /// Counts a target whose result is not a command's ending (a file transfer): `code` 0 is
     /// ok, `unreachable` puts it with the targets that could not be reached or authenticated,
     /// anything else is failed under `label`.
-    pub fn record_status(&mut self, index: usize, name: &str, code: u8, unreachable: bool, label: &str) {
+    pub fn record_status(
+        &mut self,
+        index: usize,
+        name: &str,
+        code: u8,
+        unreachable: bool,
+        label: &str,
+    ) {
         if code == 0 {
             self.ok += 1;
         } else if unreachable {

@@ -55,7 +55,9 @@ impl Output for Notes {
 impl Transfers {
     /// A renderer for `total` targets; `many` adds the progress bar and the summary.
     pub fn new(json: bool, many: bool, total: usize) -> Self {
-        let progress = (many && !json).then(|| Progress::on_stderr(total)).flatten();
+        let progress = (many && !json)
+            .then(|| Progress::on_stderr(total))
+            .flatten();
         Self {
             json,
             many,
@@ -95,8 +97,13 @@ impl Renderer<Transfer> for Transfers {
             (None, true) => "timed out",
             (None, false) => "files not copied",
         };
-        self.summary
-            .record_status(sink.index, &target.spelling, code, done.unreachable(), label);
+        self.summary.record_status(
+            sink.index,
+            &target.spelling,
+            code,
+            done.unreachable(),
+            label,
+        );
         let _ = if self.json {
             self.console.write(To::Out, done.json(&target).as_bytes())
         } else if code == 0 {

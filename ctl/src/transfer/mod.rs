@@ -174,7 +174,14 @@ impl Job for Push {
             let _ = sink.stderr(format!("{message}\n").as_bytes());
         };
         let c = &self.common;
-        let work = push::run(target, &c.key, c.connect_timeout, &self.hub, self.request.clone(), &mut note);
+        let work = push::run(
+            target,
+            &c.key,
+            c.connect_timeout,
+            &self.hub,
+            self.request.clone(),
+            &mut note,
+        );
         bounded(work, c.timeout, stop).await
     }
 }
@@ -202,7 +209,15 @@ impl Job for Pull {
         };
         let c = &self.common;
         let request = self.request.clone();
-        let work = pull::run(target, &c.key, c.connect_timeout, request, root, self.keep_times, &mut note);
+        let work = pull::run(
+            target,
+            &c.key,
+            c.connect_timeout,
+            request,
+            root,
+            self.keep_times,
+            &mut note,
+        );
         bounded(work, c.timeout, stop).await
     }
 }
