@@ -102,10 +102,12 @@ impl Hub {
             Err(message) => {
                 (self.report)(&message);
                 for tx in &subscribers {
-                    let _ = tx.send(Event::Failed {
-                        path: Vec::new(),
-                        message: message.clone(),
-                    });
+                    let _ = tx
+                        .send(Event::Failed {
+                            path: Vec::new(),
+                            message: message.clone(),
+                        })
+                        .await;
                 }
             }
         }

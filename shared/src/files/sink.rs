@@ -170,7 +170,7 @@ struct DirToFinish {
 
 enum Current {
     Idle,
-    File(Incoming),
+    File(Box<Incoming>),
     /// The current file failed; its remaining data is dropped until its end.
     Skipping,
 }
@@ -271,7 +271,7 @@ impl Writer {
             EntryKind::Symlink => self.make_link(&parent, &name, &header),
             EntryKind::File => match Incoming::create(parent, &name, &header, &self.options) {
                 Ok(file) => {
-                    self.current = Current::File(file);
+                    self.current = Current::File(Box::new(file));
                     Ok(())
                 }
                 Err(e) => {
