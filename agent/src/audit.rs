@@ -2,8 +2,8 @@
 
 use std::net::SocketAddr;
 
-use crate::exec::{KillReason, Outcome};
 use crate::logging::AUDIT;
+use crate::request::exec::{KillReason, Outcome};
 use crate::request::push::Outcome as TransferOutcome;
 
 /// Logs the end of one command: peer, key id, command, status, duration, bytes sent.

@@ -1,62 +1,87 @@
-//! One client connection: authenticate it within the deadline, then serve its one request.
+//! One client connection: authenticate it within the deadline, read its one request, and hand
+//! that to [`request::dispatch`].
 
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
-use rexec_shared::frame::MAX_HANDSHAKE_FRAME_LEN;
-use rexec_shared::handshake::{refusal, ServerEstablished, ServerHandshake, AUTH_FAILED};
-use rexec_shared::message::{ClientMsg, ServerMsg};
-use rexec_shared::transport::{FrameReader, SealedReader, SealedWriter};
+use rexec_shared::handshake::ServerHandshake;
+use rexec_shared::message::ServerMsg;
+use rexec_shared::transport::{server_handshake, ServerConnection};
 use rexec_shared::ProtocolError;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
-use crate::audit;
-use crate::exec::{self, ExecContext};
-use crate::request;
-use crate::server::{PendingGuard, Shared};
+use crate::admission::{log_unauthenticated_close, Ticket};
+use crate::config::Config;
+use crate::keystore::KeyStore;
+use crate::request::{self, RequestContext};
+
+/// An accepted connection and what serving it needs.
+pub struct Connection {
+    /// The socket.
+    pub stream: TcpStream,
+    /// Who connected.
+    pub peer: SocketAddr,
+    /// Limits and timeouts.
+    pub config: Arc<Config>,
+    /// The keys in force.
+    pub keys: Arc<KeyStore>,
+    /// The connection's place among the unauthenticated ones.
+    pub ticket: Ticket,
+    /// Becomes true when the agent shuts down.
+    pub shutdown: watch::Receiver<bool>,
+}
 
 /// Serves one accepted connection until its exchange is over.
-pub async fn serve(
-    stream: TcpStream,
-    peer: SocketAddr,
-    shared: Arc<Shared>,
-    pending: PendingGuard,
-    evicted: oneshot::Receiver<()>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub async fn serve(conn: Connection) {
+    let Connection {
+        stream,
+        peer,
+        config,
+        keys,
+        ticket,
+        mut shutdown,
+    } = conn;
+    let Ticket { pending, evicted } = ticket;
     let _ = stream.set_nodelay(true);
     let _ = socket2::SockRef::from(&stream).set_keepalive(true);
     let fd = stream.as_raw_fd();
     let (read, write) = stream.into_split();
-    let deadline = Instant::now() + shared.config.handshake_timeout;
+    let deadline = Instant::now() + config.handshake_timeout;
 
     // Everything before the request is bounded by the handshake timeout; an evicted or
     // shut-down connection is dropped on the spot.
+    let ring = keys.current();
+    let handshake = server_handshake(ServerHandshake::new(), read, write, &ring);
     let authenticated = tokio::select! {
-        r = tokio::time::timeout_at(deadline.into(), authenticate(read, write, &shared, peer)) => match r {
-            Ok(r) => r,
-            Err(_) => Err(format!("handshake not completed within {:?}", shared.config.handshake_timeout)),
+        r = tokio::time::timeout_at(deadline.into(), handshake) => match r {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("handshake not completed within {:?}", config.handshake_timeout)),
         },
         _ = evicted => Err("dropped to make room: too many unauthenticated connections".into()),
         _ = shutdown.wait_for(|stop| *stop) => Err("agent shutting down".into()),
     };
     drop(pending);
-    let (key_id, mut reader, mut writer) = match authenticated {
-        Ok(x) => x,
+    let ServerConnection {
+        principal,
+        reader,
+        mut writer,
+        ..
+    } = match authenticated {
+        Ok(conn) => conn,
         Err(reason) => {
             log_unauthenticated_close(peer, &reason);
             return;
         }
     };
+    let key_id = principal.key_id.as_str();
+    tracing::debug!(%peer, key_id, "authenticated");
 
     let request = tokio::select! {
-        r = tokio::time::timeout_at(deadline.into(), reader.next_client_msg()) => match r {
-            Ok(Ok(Some(msg))) => Ok(to_owned_request(msg)),
+        r = tokio::time::timeout_at(deadline.into(), reader.read_request()) => match r {
+            Ok(Ok(Some(request))) => Ok(request),
             Ok(Ok(None)) => Err("client closed the connection before sending a request".to_owned()),
             Ok(Err(e)) => {
                 // The agent-to-client direction is still intact: say why nothing ran.
@@ -71,45 +96,21 @@ pub async fn serve(
         // Yields (), not the watch guard, which must not live across the await above.
         () = async { let _ = shutdown.wait_for(|stop| *stop).await; } => Err("agent shutting down".into()),
     };
-    let request = match request {
-        Ok(Some(r)) => r,
-        Ok(None) => {
-            tracing::warn!(%peer, key_id, "client's first message was not a request; closing");
-            return;
-        }
+    let (request, reader) = match request {
+        Ok(r) => r,
         Err(reason) => {
             tracing::warn!(%peer, key_id, "{reason}");
             return;
         }
     };
-    match request {
-        Request::Ping => {
-            let version = format!("agent {}", env!("CARGO_PKG_VERSION"));
-            let _ = writer.send_server(&ServerMsg::Pong { version }).await;
-            let _ = writer.shutdown().await;
-            tracing::debug!(%peer, key_id, "answered ping");
-        }
-        Request::Exec(req) => {
-            let command = req.command.clone();
-            let ctx = ExecContext {
-                kill_grace: shared.config.kill_grace,
-                shutdown,
-                peer_closed: Box::new(move || peer_closed(fd)),
-            };
-            let outcome = exec::run(req, reader, writer, ctx).await;
-            audit::command(peer, &key_id, &command, &outcome);
-        }
-        Request::Push(req) => {
-            let dest = req.dest.clone();
-            let outcome = request::push::run(req, reader, writer, shutdown).await;
-            audit::transfer(peer, &key_id, "push", &[dest], &outcome);
-        }
-        Request::Pull(req) => {
-            let paths = req.paths.clone();
-            let outcome = request::pull::run(req, reader, writer, shutdown).await;
-            audit::transfer(peer, &key_id, "pull", &paths, &outcome);
-        }
-    }
+    let ctx = RequestContext {
+        peer,
+        principal: &principal,
+        kill_grace: config.kill_grace,
+        shutdown,
+        peer_closed: Box::new(move || peer_closed(fd)),
+    };
+    request::dispatch(request, reader, writer, ctx).await;
 }
 
 /// What to tell a client whose request did not arrive intact; `None` when there is no one to
@@ -127,129 +128,6 @@ fn request_rejection(e: &ProtocolError) -> Option<String> {
             Some(format!("the request was malformed ({e}); nothing was run"))
         }
         _ => None,
-    }
-}
-
-/// Lines per second about connections closed before authentication. Anyone who can reach the
-/// port can cause them, so beyond this they are counted instead of written.
-const UNAUTHENTICATED_LOG_PER_SEC: u32 = 20;
-
-/// Logs why a connection ended before authentication, at most [`UNAUTHENTICATED_LOG_PER_SEC`]
-/// lines a second; the others are counted and their number logged once the second is over.
-pub fn log_unauthenticated_close(peer: SocketAddr, reason: &str) {
-    struct Window {
-        start: Instant,
-        written: u32,
-        suppressed: u64,
-    }
-    static WINDOW: Mutex<Option<Window>> = Mutex::new(None);
-    let mut guard = WINDOW.lock().unwrap_or_else(|e| e.into_inner());
-    let now = Instant::now();
-    let window = guard.get_or_insert(Window {
-        start: now,
-        written: 0,
-        suppressed: 0,
-    });
-    if now.duration_since(window.start) >= Duration::from_secs(1) {
-        if window.suppressed > 0 {
-            tracing::warn!(
-                "{} more connections closed before authentication were not logged (over {UNAUTHENTICATED_LOG_PER_SEC}/s)",
-                window.suppressed
-            );
-        }
-        *window = Window {
-            start: now,
-            written: 0,
-            suppressed: 0,
-        };
-    }
-    if window.written < UNAUTHENTICATED_LOG_PER_SEC {
-        window.written += 1;
-        tracing::warn!(%peer, "connection closed before authentication: {reason}");
-    } else {
-        window.suppressed += 1;
-    }
-}
-
-enum Request {
-    Ping,
-    Exec(rexec_shared::message::ExecRequest),
-    Push(rexec_shared::files::wire::PushRequest),
-    Pull(rexec_shared::files::wire::PullRequest),
-}
-
-fn to_owned_request(msg: ClientMsg<'_>) -> Option<Request> {
-    match msg {
-        ClientMsg::Exec(req) => Some(Request::Exec(req)),
-        ClientMsg::Ping => Some(Request::Ping),
-        ClientMsg::Push(req) => Some(Request::Push(req)),
-        ClientMsg::Pull(req) => Some(Request::Pull(req)),
-        _ => None,
-    }
-}
-
-type Authenticated = (
-    String,
-    SealedReader<OwnedReadHalf>,
-    SealedWriter<OwnedWriteHalf>,
-);
-
-async fn authenticate(
-    read: OwnedReadHalf,
-    mut write: OwnedWriteHalf,
-    shared: &Shared,
-    peer: SocketAddr,
-) -> Result<Authenticated, String> {
-    let handshake = ServerHandshake::new();
-    write
-        .write_all(handshake.hello())
-        .await
-        .map_err(|e| format!("sending hello failed: {e}"))?;
-    let mut frames = FrameReader::new(read);
-    let hello = match frames.next(MAX_HANDSHAKE_FRAME_LEN).await {
-        Ok(Some(frame)) => frame,
-        Ok(None) => return Err("client closed the connection during the handshake".into()),
-        Err(e) => return Err(format!("bad handshake input: {e}")),
-    };
-    let keys = shared.keys.current();
-    let mut asked = None;
-    let result = handshake.receive_client_hello(hello.as_frame(), |id| {
-        asked = Some(id.to_owned());
-        keys.get(id)
-    });
-    match result {
-        Ok(ServerEstablished {
-            key_id,
-            reply,
-            session,
-        }) => {
-            write
-                .write_all(&reply)
-                .await
-                .map_err(|e| format!("sending proof failed: {e}"))?;
-            tracing::debug!(%peer, key_id, "authenticated");
-            let reader = SealedReader::new(frames, session.opener);
-            Ok((key_id, reader, SealedWriter::new(write, session.sealer)))
-        }
-        Err(e) => {
-            let text = match &e {
-                ProtocolError::AuthFailed => AUTH_FAILED.to_owned(),
-                ProtocolError::VersionMismatch(v) => format!(
-                    "unsupported protocol version {v}; this agent speaks version {}",
-                    rexec_shared::handshake::VERSION
-                ),
-                other => format!("handshake refused: {other}"),
-            };
-            let _ = write.write_all(&refusal(&text)).await;
-            let id = asked.map(|id| {
-                let known = keys.get(&id).is_some();
-                format!(
-                    " for key id {id:?}{}",
-                    if known { "" } else { " (unknown key id)" }
-                )
-            });
-            Err(format!("{e}{}", id.unwrap_or_default()))
-        }
     }
 }
 

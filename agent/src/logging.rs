@@ -23,7 +23,7 @@ pub enum Format {
 }
 
 /// Checks a `--log-level` value: a level (`error`, `warn`, `info`, `debug`, `trace`, `off`)
-/// or a `RUST_LOG`-style filter such as `info,agent::exec=debug`.
+/// or a `RUST_LOG`-style filter such as `info,agent::request::exec=debug`.
 pub fn parse_filter(text: &str) -> Result<String, String> {
     // A lone word would otherwise be read as a target name ("loud" = trace for target "loud").
     const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
@@ -104,7 +104,7 @@ mod tests {
     #[test]
     fn filters_are_checked() {
         assert!(parse_filter("warn").is_ok());
-        assert!(parse_filter("info,agent::exec=debug").is_ok());
+        assert!(parse_filter("info,agent::request::exec=debug").is_ok());
         assert!(parse_filter("WARN").is_ok());
         assert!(parse_filter("loud").is_err());
         assert!(parse_filter("agent=loud").is_err());

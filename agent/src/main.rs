@@ -1,9 +1,11 @@
 //! `agent`: the daemon that authenticates clients with a pre-shared key and runs their
 //! commands. See `agent --help` and docs/protocol.md.
 
+mod admission;
 mod audit;
+mod config;
 mod connection;
-mod exec;
+mod keystore;
 mod logging;
 mod process;
 mod request;
@@ -23,8 +25,9 @@ use rexec_shared::keyfile::KeyRing;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::config::Config;
+use crate::keystore::KeyStore;
 use crate::logging::LIFECYCLE;
-use crate::server::{Config, KeyStore};
 
 /// Remote command-execution agent.
 ///

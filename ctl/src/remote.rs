@@ -5,7 +5,7 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use rexec_shared::keyfile::KeyEntry;
-use rexec_shared::message::{ClientMsg, ExecRequest, ExitStatus, ServerMsg};
+use rexec_shared::message::{ExecRequest, ExitStatus, Request, ServerMsg, StreamMsg};
 use rexec_shared::transport::{client_handshake, SealedReader, SealedWriter};
 use rexec_shared::ProtocolError;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -170,7 +170,7 @@ async fn run_exec<O: Output>(
     } = conn;
     let wants_stdin = req.stdin;
     writer
-        .send_client(&ClientMsg::Exec(req))
+        .send_request(&Request::Exec(req))
         .await
         .map_err(|e| Failure::Stream(format!("sending the command failed: {e}")))?;
 
@@ -252,7 +252,7 @@ async fn send_input(
             sig = cancel.recv() => match sig {
                 Some(sig) => {
                     let signal = u8::try_from(sig).unwrap_or(libc::SIGTERM as u8);
-                    if writer.send_client(&ClientMsg::Cancel { signal }).await.is_err() {
+                    if writer.send_stream(&StreamMsg::Cancel { signal }).await.is_err() {
                         return;
                     }
                 }
@@ -260,10 +260,10 @@ async fn send_input(
             },
             chunk = recv_opt(&mut stdin) => {
                 let sent = match &chunk {
-                    Some(data) => writer.send_client(&ClientMsg::Stdin(data)).await,
+                    Some(data) => writer.send_stream(&StreamMsg::Stdin(data)).await,
                     None => {
                         stdin = None;
-                        writer.send_client(&ClientMsg::StdinEof).await
+                        writer.send_stream(&StreamMsg::StdinEof).await
                     }
                 };
                 if sent.is_err() {
@@ -304,7 +304,7 @@ pub async fn ping(target: &Target, key: &KeyEntry, timeout: Duration) -> Result<
     } = connect(target, key, timeout).await?;
     let sent = Instant::now();
     writer
-        .send_client(&ClientMsg::Ping)
+        .send_request(&Request::Ping)
         .await
         .map_err(stream_failure)?;
     let answer = tokio::time::timeout(timeout, reader.next_server_msg())

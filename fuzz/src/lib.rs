@@ -5,15 +5,19 @@
 //! property that must hold for every input is asserted, anything else is the code's business.
 
 use std::future::Future;
+use std::path::Path;
 use std::pin::pin;
+use std::sync::OnceLock;
 use std::task::{Context, Poll, Waker};
 
 use rexec_shared::frame::{self, MAX_HANDSHAKE_FRAME_LEN};
 use rexec_shared::handshake::{refusal, ClientHandshake, ServerHandshake};
-use rexec_shared::keyfile::Secret;
-use rexec_shared::message::{ClientMsg, ServerMsg};
+use rexec_shared::keyfile::{KeyRing, Secret};
+use rexec_shared::message::{Request, ServerMsg, StreamMsg};
 use rexec_shared::session::{DirectionKeys, Opener, Sealer};
-use rexec_shared::transport::{FrameReader, SealedReader};
+use rexec_shared::transport::{
+    server_handshake, FrameReader, SealedReader, ServerConnection, ServerHandshakeError,
+};
 use rexec_shared::ProtocolError;
 
 /// The key id and secret the harnesses' agent knows.
@@ -44,43 +48,47 @@ pub enum Reached {
     Session(usize),
 }
 
-/// The agent's side of the handshake on `input`, as `agent/src/connection.rs` runs it: read one
-/// frame of at most [`MAX_HANDSHAKE_FRAME_LEN`] bytes, check it as a ClientHello against the
-/// key ring, answer with a proof or a refusal; after a proof, read the request.
+/// The key ring of the harnesses' agent: [`KEY_ID`] with the fixed secret.
+fn agent_keys() -> &'static KeyRing {
+    static KEYS: OnceLock<KeyRing> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        let line = format!("{KEY_ID} {}\n", Secret::from_bytes(SECRET).to_hex());
+        match KeyRing::parse(&line, Path::new("fuzz-keys")) {
+            Ok(ring) => ring,
+            Err(e) => panic!("the harness's key line is valid: {e}"),
+        }
+    })
+}
+
+/// The agent's side of the handshake on `input`, through the agent's own code
+/// ([`server_handshake`], as `agent/src/connection.rs` calls it): one frame of at most
+/// [`MAX_HANDSHAKE_FRAME_LEN`] bytes, checked as a ClientHello against the key ring, answered
+/// with a proof or a refusal; after a proof, the request and the stream messages that follow.
 pub fn agent_pre_auth(input: &[u8]) -> Reached {
-    let secret = Secret::from_bytes(SECRET);
     let handshake = ServerHandshake::from_randomness([1; 32], [2; 32]);
+    let mut sent = Vec::new();
     run_now(async {
-        let mut frames = FrameReader::new(input);
-        let hello = match frames.next(MAX_HANDSHAKE_FRAME_LEN).await {
-            Ok(Some(frame)) => frame,
-            Ok(None) | Err(_) => return Reached::NoFrame,
-        };
-        assert!(
-            hello.payload.len() < MAX_HANDSHAKE_FRAME_LEN,
-            "frame longer than the pre-auth limit"
-        );
-        let mut asked = None;
-        let result = handshake.receive_client_hello(hello.as_frame(), |id| {
-            asked = Some(id.to_owned());
-            (id == KEY_ID).then_some(&secret)
-        });
+        let result = server_handshake(handshake, input, &mut sent, agent_keys()).await;
         match result {
-            Ok(established) => {
+            Ok(ServerConnection { reader, .. }) => {
                 // Only reachable with the secret; the fuzzer cannot forge the HMAC.
-                let mut reader = SealedReader::new(frames, established.session.opener);
-                let mut decoded = 0;
-                while let Ok(Some(_)) = reader.next_client_msg().await {
+                let Ok(Some((_, mut reader))) = reader.read_request().await else {
+                    return Reached::Session(0);
+                };
+                let mut decoded = 1;
+                while let Ok(Some(_)) = reader.next_stream_msg().await {
                     decoded += 1;
                 }
                 Reached::Session(decoded)
             }
-            Err(e) => {
-                let text = format!("handshake refused: {e}{:?}", asked);
-                let frame = refusal(&text);
-                assert!(frame.len() < 4096);
+            Err(ServerHandshakeError::Refused { error, key_id }) => {
+                // The hello and the refusal are all the agent sent: short, whatever came in.
+                assert!(sent.len() < 4096, "refusal of {} bytes", sent.len());
+                let _ = (error, key_id);
                 Reached::Refused
             }
+            Err(ServerHandshakeError::Input(_) | ServerHandshakeError::Closed) => Reached::NoFrame,
+            Err(ServerHandshakeError::Send { .. }) => panic!("writing to memory failed"),
         }
     })
 }
@@ -194,13 +202,17 @@ pub fn session(data: &[u8]) -> usize {
         if to_agent {
             loop {
                 decoded += 1;
-                match reader.next_client_msg().await {
-                    Ok(Some(ClientMsg::Exec(req))) => {
-                        // What the agent copies out of a request is bounded by the frame.
-                        let env: usize = req.env.iter().map(|(k, v)| k.len() + v.len()).sum();
-                        assert!(req.command.len() + env <= frame::MAX_FRAME_LEN);
+                // The agent reads one request, then stream messages; here every frame is tried
+                // as both, so neither decoder goes unfuzzed.
+                match reader.next().await {
+                    Ok(Some((kind, body))) => {
+                        if let Ok(Request::Exec(req)) = Request::decode(kind, body) {
+                            // What the agent copies out of a request is bounded by the frame.
+                            let env: usize = req.env.iter().map(|(k, v)| k.len() + v.len()).sum();
+                            assert!(req.command.len() + env <= frame::MAX_FRAME_LEN);
+                        }
+                        let _ = StreamMsg::decode(kind, body);
                     }
-                    Ok(Some(_)) => {}
                     Ok(None) | Err(_) => break,
                 }
             }
@@ -257,18 +269,23 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
                 .flatten()
                 .expect("proof");
             let mut session = await_proof.receive_server_proof(p).expect("client accepts");
-            let exec = ClientMsg::Exec(rexec_shared::message::ExecRequest {
+            let exec = Request::Exec(rexec_shared::message::ExecRequest {
                 command: b"ls -l".to_vec(),
                 env: vec![(b"A".to_vec(), b"1".to_vec())],
                 cwd: Some(b"/tmp".to_vec()),
                 timeout_ms: Some(1000),
                 stdin: true,
             });
+            let mut body = Vec::new();
+            exec.encode(&mut body);
+            session
+                .sealer
+                .seal(exec.kind(), &body, &mut input)
+                .expect("seal");
             for msg in [
-                exec,
-                ClientMsg::Stdin(b"input"),
-                ClientMsg::StdinEof,
-                ClientMsg::Cancel { signal: 2 },
+                StreamMsg::Stdin(b"input"),
+                StreamMsg::StdinEof,
+                StreamMsg::Cancel { signal: 2 },
             ] {
                 let mut body = Vec::new();
                 msg.encode(&mut body);
@@ -324,7 +341,7 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         v
     };
     let mut exec_body = Vec::new();
-    ClientMsg::Exec(rexec_shared::message::ExecRequest {
+    Request::Exec(rexec_shared::message::ExecRequest {
         command: b"true".to_vec(),
         env: vec![(b"K".to_vec(), b"V".to_vec())],
         ..Default::default()

@@ -69,10 +69,19 @@ pub struct ServerHandshake {
     eph: StaticSecret,
 }
 
-/// What the agent has once the client is authenticated.
-pub struct ServerEstablished {
+/// Who the client proved to be: what every decision about an authenticated connection (audit,
+/// and per-key policy) starts from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Principal {
     /// The key id the client proved it holds.
     pub key_id: String,
+}
+
+/// What the agent has once the client is authenticated.
+pub struct ServerEstablished {
+    /// Who the client is.
+    pub principal: Principal,
     /// The ServerProof frame to send before anything else.
     pub reply: Vec<u8>,
     /// The session keys.
@@ -167,7 +176,9 @@ impl ServerHandshake {
         frame::encode(kind::SERVER_PROOF, server_proof.as_ref(), &mut reply);
         let (c2s, s2c) = schedule.traffic_keys(&h2);
         Ok(ServerEstablished {
-            key_id: hello.key_id.to_owned(),
+            principal: Principal {
+                key_id: hello.key_id.to_owned(),
+            },
             reply,
             session: Session {
                 sealer: Sealer::new(&s2c),
@@ -437,7 +448,7 @@ mod tests {
         let established = server.receive_client_hello(frame_of(&client_hello), |id| {
             (id == "ops").then_some(&known)
         })?;
-        assert_eq!(established.key_id, "ops");
+        assert_eq!(established.principal.key_id, "ops");
         let client_session = await_proof.receive_server_proof(frame_of(&established.reply))?;
         Ok((client_session, established.session))
     }
@@ -634,7 +645,7 @@ mod tests {
             .receive_server_proof(frame_of(&established.reply))
             .unwrap();
         let mut body = Vec::new();
-        crate::message::ClientMsg::Exec(crate::message::ExecRequest {
+        crate::message::Request::Exec(crate::message::ExecRequest {
             command: b"true".to_vec(),
             ..Default::default()
         })

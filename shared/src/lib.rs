@@ -2,10 +2,13 @@
 //!
 //! Layers, bottom up: [`frame`] (length-prefixed framing), [`handshake`] (mutual HMAC proof
 //! and X25519 key agreement), [`session`] (per-direction AEAD), [`message`] (what the frames
-//! carry), and [`transport`], the only module that does I/O. [`keyfile`] reads key files; [`files`] carries `ctl push`/`ctl pull` trees.
+//! carry: one [`message::Request`], then stream messages), and [`transport`], the only module
+//! that does I/O. [`codec`] reads and writes message bodies; [`keyfile`] reads key files;
+//! [`files`] carries `ctl push`/`ctl pull` trees.
 //! docs/protocol.md describes every byte.
 
 pub mod cli;
+pub mod codec;
 pub mod error;
 pub mod files;
 pub mod frame;

@@ -1,9 +1,12 @@
-//! The messages carried inside sealed frames: exec requests, stdin, output and exit status.
+//! The messages carried inside sealed frames: the client's [`Request`], the [`StreamMsg`]s
+//! that feed it (stdin, end of stdin, cancel), and the agent's [`ServerMsg`]s (output, exit
+//! status, errors, pong).
 //!
 //! Each message is one frame; the frame's kind byte says which message it is, and the kind
-//! ranges tell directions apart (0x1_ client to agent, 0x2_ agent to client). Bodies are fixed
-//! big-endian fields and `u32`-length-prefixed byte strings; trailing bytes are an error.
+//! ranges tell directions apart (0x1_ client to agent, 0x2_ agent to client). Bodies are read
+//! and written with [`crate::codec`]; trailing bytes are an error.
 
+use crate::codec::{put_bytes, put_i32, put_u32, put_u64, put_u8, Reader};
 use crate::error::ProtocolError;
 use crate::files::wire::{FileEnd, FileError, FileHeader, PullRequest, PushRequest, TransferDone};
 
@@ -79,11 +82,24 @@ pub struct ExitStatus {
     pub timed_out: bool,
 }
 
-/// A message from the client to the agent.
+/// The first sealed message from the client: what it asks of the agent. One per connection;
+/// each variant is served by its own module in the agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClientMsg<'a> {
+pub enum Request {
     /// Run a command.
     Exec(ExecRequest),
+    /// Ask for the agent's version.
+    Ping,
+    /// Write the tree that follows (`ctl push`).
+    Push(PushRequest),
+    /// Send these paths (`ctl pull`).
+    Pull(PullRequest),
+}
+
+/// A message from the client after its request: what a running request is fed. Request kinds
+/// are not among them, so a second request on a connection cannot even be decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamMsg<'a> {
     /// Stdin bytes.
     Stdin(&'a [u8]),
     /// End of stdin.
@@ -93,12 +109,6 @@ pub enum ClientMsg<'a> {
         /// Signal number.
         signal: u8,
     },
-    /// Ask for the agent's version.
-    Ping,
-    /// Write the tree that follows.
-    Push(PushRequest),
-    /// Send these paths.
-    Pull(PullRequest),
     /// Start of a pushed entry.
     FileHeader(FileHeader),
     /// Content of the current pushed file.
@@ -137,17 +147,130 @@ pub enum ServerMsg<'a> {
     TransferDone(TransferDone),
 }
 
-impl ClientMsg<'_> {
-    /// The frame kind of this message.
+impl ExecRequest {
+    /// Appends the request body to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        put_u8(out, u8::from(self.stdin));
+        put_u64(out, self.timeout_ms.unwrap_or(0));
+        put_bytes(out, &self.command);
+        put_bytes(out, self.cwd.as_deref().unwrap_or_default());
+        put_u32(out, self.env.len() as u32);
+        for (key, value) in &self.env {
+            put_bytes(out, key);
+            put_bytes(out, value);
+        }
+    }
+
+    /// Reads a request body.
+    pub fn read(r: &mut Reader<'_>) -> Result<Self, ProtocolError> {
+        let flags = r.u8()?;
+        if flags & !1 != 0 {
+            return Err(ProtocolError::Malformed("exec request flags"));
+        }
+        let timeout_ms = r.u64()?;
+        let command = r.bytes()?.to_vec();
+        let cwd = r.bytes()?;
+        let count = r.u32()?;
+        // Each entry takes at least 8 bytes, so a count the body cannot hold is refused before
+        // anything is reserved for it.
+        if count as usize > r.remaining() / 8 {
+            return Err(ProtocolError::Malformed("exec request environment"));
+        }
+        let mut env = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            env.push((r.bytes()?.to_vec(), r.bytes()?.to_vec()));
+        }
+        Ok(Self {
+            command,
+            env,
+            cwd: (!cwd.is_empty()).then(|| cwd.to_vec()),
+            timeout_ms: (timeout_ms != 0).then_some(timeout_ms),
+            stdin: flags & 1 != 0,
+        })
+    }
+}
+
+impl ExitStatus {
+    /// Appends the status body to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let flags = u8::from(self.code.is_some())
+            | u8::from(self.signal.is_some()) << 1
+            | u8::from(self.timed_out) << 2;
+        put_u8(out, flags);
+        put_i32(out, self.code.unwrap_or(0));
+        put_i32(out, self.signal.unwrap_or(0));
+    }
+
+    /// Reads a status body.
+    pub fn read(r: &mut Reader<'_>) -> Result<Self, ProtocolError> {
+        let flags = r.u8()?;
+        if flags & !0b111 != 0 {
+            return Err(ProtocolError::Malformed("exit status flags"));
+        }
+        let code = r.i32()?;
+        let signal = r.i32()?;
+        // A process ends either with a code or by a signal, never both or neither.
+        if (flags & 1 != 0) == (flags & 2 != 0) {
+            return Err(ProtocolError::Malformed(
+                "exit status (needs a code or a signal)",
+            ));
+        }
+        if flags & 2 != 0 && !(1..=64).contains(&signal) {
+            return Err(ProtocolError::Malformed(
+                "exit status (signal out of range)",
+            ));
+        }
+        Ok(Self {
+            code: (flags & 1 != 0).then_some(code),
+            signal: (flags & 2 != 0).then_some(signal),
+            timed_out: flags & 4 != 0,
+        })
+    }
+}
+
+impl Request {
+    /// The frame kind of this request.
     pub fn kind(&self) -> u8 {
         match self {
             Self::Exec(_) => kind::EXEC,
-            Self::Stdin(_) => kind::STDIN,
-            Self::StdinEof => kind::STDIN_EOF,
-            Self::Cancel { .. } => kind::CANCEL,
             Self::Ping => kind::PING,
             Self::Push(_) => kind::PUSH,
             Self::Pull(_) => kind::PULL,
+        }
+    }
+
+    /// Appends the request body to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Self::Exec(req) => req.encode(out),
+            Self::Ping => {}
+            Self::Push(req) => req.encode(out),
+            Self::Pull(req) => req.encode(out),
+        }
+    }
+
+    /// Decodes a request body of frame kind `kind`; any other kind is refused.
+    pub fn decode(kind: u8, body: &[u8]) -> Result<Self, ProtocolError> {
+        let mut r = Reader::new(body);
+        let request = match kind {
+            kind::EXEC => Self::Exec(ExecRequest::read(&mut r)?),
+            kind::PING => Self::Ping,
+            kind::PUSH => Self::Push(PushRequest::decode(r.rest())?),
+            kind::PULL => Self::Pull(PullRequest::decode(r.rest())?),
+            other => return Err(ProtocolError::UnexpectedFrame(other)),
+        };
+        r.expect_empty()?;
+        Ok(request)
+    }
+}
+
+impl StreamMsg<'_> {
+    /// The frame kind of this message.
+    pub fn kind(&self) -> u8 {
+        match self {
+            Self::Stdin(_) => kind::STDIN,
+            Self::StdinEof => kind::STDIN_EOF,
+            Self::Cancel { .. } => kind::CANCEL,
             Self::FileHeader(_) => kind::PUSH_HEADER,
             Self::FileData(_) => kind::PUSH_DATA,
             Self::FileEnd(_) => kind::PUSH_END,
@@ -158,76 +281,31 @@ impl ClientMsg<'_> {
     /// Appends the message body to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         match self {
-            Self::Exec(req) => {
-                let mut flags = 0u8;
-                if req.stdin {
-                    flags |= 1;
-                }
-                out.push(flags);
-                out.extend_from_slice(&req.timeout_ms.unwrap_or(0).to_be_bytes());
-                put_bytes(out, &req.command);
-                put_bytes(out, req.cwd.as_deref().unwrap_or_default());
-                out.extend_from_slice(&(req.env.len() as u32).to_be_bytes());
-                for (key, value) in &req.env {
-                    put_bytes(out, key);
-                    put_bytes(out, value);
-                }
-            }
             Self::Stdin(data) | Self::FileData(data) => out.extend_from_slice(data),
-            Self::StdinEof | Self::Ping | Self::PushDone => {}
-            Self::Cancel { signal } => out.push(*signal),
-            Self::Push(req) => req.encode(out),
-            Self::Pull(req) => req.encode(out),
+            Self::StdinEof | Self::PushDone => {}
+            Self::Cancel { signal } => put_u8(out, *signal),
             Self::FileHeader(header) => header.encode(out),
             Self::FileEnd(end) => end.encode(out),
         }
     }
 }
 
-impl<'a> ClientMsg<'a> {
-    /// Decodes a message body of frame kind `kind`.
+impl<'a> StreamMsg<'a> {
+    /// Decodes a message body of frame kind `kind`; request kinds are refused like any other
+    /// kind that does not belong here.
     pub fn decode(kind: u8, body: &'a [u8]) -> Result<Self, ProtocolError> {
-        let mut r = Reader(body);
+        let mut r = Reader::new(body);
         let msg = match kind {
-            kind::EXEC => {
-                let flags = r.u8()?;
-                if flags & !1 != 0 {
-                    return Err(ProtocolError::Malformed("exec request flags"));
-                }
-                let timeout_ms = r.u64()?;
-                let command = r.bytes()?.to_vec();
-                let cwd = r.bytes()?;
-                let count = r.u32()?;
-                // Each entry takes at least 8 bytes, so a count the body cannot hold is refused
-                // before anything is reserved for it.
-                if count as usize > r.0.len() / 8 {
-                    return Err(ProtocolError::Malformed("exec request environment"));
-                }
-                let mut env = Vec::with_capacity(count as usize);
-                for _ in 0..count {
-                    env.push((r.bytes()?.to_vec(), r.bytes()?.to_vec()));
-                }
-                Self::Exec(ExecRequest {
-                    command,
-                    env,
-                    cwd: (!cwd.is_empty()).then(|| cwd.to_vec()),
-                    timeout_ms: (timeout_ms != 0).then_some(timeout_ms),
-                    stdin: flags & 1 != 0,
-                })
-            }
-            kind::STDIN => return Ok(Self::Stdin(body)),
+            kind::STDIN => Self::Stdin(r.rest()),
             kind::STDIN_EOF => Self::StdinEof,
             kind::CANCEL => Self::Cancel { signal: r.u8()? },
-            kind::PING => Self::Ping,
-            kind::PUSH => return Ok(Self::Push(PushRequest::decode(body)?)),
-            kind::PULL => return Ok(Self::Pull(PullRequest::decode(body)?)),
-            kind::PUSH_HEADER => return Ok(Self::FileHeader(FileHeader::decode(body)?)),
-            kind::PUSH_DATA => return Ok(Self::FileData(body)),
-            kind::PUSH_END => return Ok(Self::FileEnd(FileEnd::decode(body)?)),
+            kind::PUSH_HEADER => Self::FileHeader(FileHeader::decode(r.rest())?),
+            kind::PUSH_DATA => Self::FileData(r.rest()),
+            kind::PUSH_END => Self::FileEnd(FileEnd::decode(r.rest())?),
             kind::PUSH_DONE => Self::PushDone,
             other => return Err(ProtocolError::UnexpectedFrame(other)),
         };
-        r.finish()?;
+        r.expect_empty()?;
         Ok(msg)
     }
 }
@@ -263,14 +341,7 @@ impl ServerMsg<'_> {
             Self::Stdout(data) | Self::Stderr(data) | Self::FileData(data) => {
                 out.extend_from_slice(data)
             }
-            Self::Exit(status) => {
-                let flags = u8::from(status.code.is_some())
-                    | u8::from(status.signal.is_some()) << 1
-                    | u8::from(status.timed_out) << 2;
-                out.push(flags);
-                out.extend_from_slice(&status.code.unwrap_or(0).to_be_bytes());
-                out.extend_from_slice(&status.signal.unwrap_or(0).to_be_bytes());
-            }
+            Self::Exit(status) => status.encode(out),
             Self::Error(text) => out.extend_from_slice(text.as_bytes()),
             Self::Pong { version } => out.extend_from_slice(version.as_bytes()),
             Self::FileHeader(header) => header.encode(out),
@@ -284,104 +355,24 @@ impl ServerMsg<'_> {
 impl<'a> ServerMsg<'a> {
     /// Decodes a message body of frame kind `kind`.
     pub fn decode(kind: u8, body: &'a [u8]) -> Result<Self, ProtocolError> {
-        let mut r = Reader(body);
+        let mut r = Reader::new(body);
         let msg = match kind {
-            kind::STDOUT => return Ok(Self::Stdout(body)),
-            kind::STDERR => return Ok(Self::Stderr(body)),
-            kind::EXIT => {
-                let flags = r.u8()?;
-                if flags & !0b111 != 0 {
-                    return Err(ProtocolError::Malformed("exit status flags"));
-                }
-                let code = r.i32()?;
-                let signal = r.i32()?;
-                // A process ends either with a code or by a signal, never both or neither.
-                if (flags & 1 != 0) == (flags & 2 != 0) {
-                    return Err(ProtocolError::Malformed(
-                        "exit status (needs a code or a signal)",
-                    ));
-                }
-                if flags & 2 != 0 && !(1..=64).contains(&signal) {
-                    return Err(ProtocolError::Malformed(
-                        "exit status (signal out of range)",
-                    ));
-                }
-                Self::Exit(ExitStatus {
-                    code: (flags & 1 != 0).then_some(code),
-                    signal: (flags & 2 != 0).then_some(signal),
-                    timed_out: flags & 4 != 0,
-                })
-            }
-            kind::ERROR => Self::Error(String::from_utf8_lossy(body).into_owned()),
+            kind::STDOUT => Self::Stdout(r.rest()),
+            kind::STDERR => Self::Stderr(r.rest()),
+            kind::EXIT => Self::Exit(ExitStatus::read(&mut r)?),
+            kind::ERROR => Self::Error(String::from_utf8_lossy(r.rest()).into_owned()),
             kind::PONG => Self::Pong {
-                version: String::from_utf8_lossy(body).into_owned(),
+                version: String::from_utf8_lossy(r.rest()).into_owned(),
             },
-            kind::PULL_HEADER => Self::FileHeader(FileHeader::decode(body)?),
-            kind::PULL_DATA => Self::FileData(body),
-            kind::PULL_END => Self::FileEnd(FileEnd::decode(body)?),
-            kind::FILE_ERROR => Self::FileError(FileError::decode(body)?),
-            kind::TRANSFER_DONE => Self::TransferDone(TransferDone::decode(body)?),
+            kind::PULL_HEADER => Self::FileHeader(FileHeader::decode(r.rest())?),
+            kind::PULL_DATA => Self::FileData(r.rest()),
+            kind::PULL_END => Self::FileEnd(FileEnd::decode(r.rest())?),
+            kind::FILE_ERROR => Self::FileError(FileError::decode(r.rest())?),
+            kind::TRANSFER_DONE => Self::TransferDone(TransferDone::decode(r.rest())?),
             other => return Err(ProtocolError::UnexpectedFrame(other)),
         };
-        if matches!(msg, Self::Exit(_)) {
-            r.finish()?;
-        }
+        r.expect_empty()?;
         Ok(msg)
-    }
-}
-
-fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
-    // Frames are at most MAX_FRAME_LEN, so every field length fits in a u32.
-    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-    out.extend_from_slice(bytes);
-}
-
-/// A cursor over a message body that refuses to read past its end.
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], ProtocolError> {
-        if self.0.len() < n {
-            return Err(ProtocolError::Malformed("message body (too short)"));
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Ok(head)
-    }
-
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], ProtocolError> {
-        let mut out = [0u8; N];
-        out.copy_from_slice(self.take(N)?);
-        Ok(out)
-    }
-
-    fn u8(&mut self) -> Result<u8, ProtocolError> {
-        Ok(self.array::<1>()?[0])
-    }
-
-    fn u32(&mut self) -> Result<u32, ProtocolError> {
-        Ok(u32::from_be_bytes(self.array()?))
-    }
-
-    fn i32(&mut self) -> Result<i32, ProtocolError> {
-        Ok(i32::from_be_bytes(self.array()?))
-    }
-
-    fn u64(&mut self) -> Result<u64, ProtocolError> {
-        Ok(u64::from_be_bytes(self.array()?))
-    }
-
-    fn bytes(&mut self) -> Result<&'a [u8], ProtocolError> {
-        let len = self.u32()? as usize;
-        self.take(len)
-    }
-
-    fn finish(&self) -> Result<(), ProtocolError> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(ProtocolError::Malformed("message body (trailing bytes)"))
-        }
     }
 }
 
@@ -389,10 +380,16 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
 
-    fn client_round_trip(msg: ClientMsg<'_>) {
+    fn request_round_trip(request: Request) {
+        let mut body = Vec::new();
+        request.encode(&mut body);
+        assert_eq!(Request::decode(request.kind(), &body).unwrap(), request);
+    }
+
+    fn stream_round_trip(msg: StreamMsg<'_>) {
         let mut body = Vec::new();
         msg.encode(&mut body);
-        assert_eq!(ClientMsg::decode(msg.kind(), &body).unwrap(), msg);
+        assert_eq!(StreamMsg::decode(msg.kind(), &body).unwrap(), msg);
     }
 
     fn server_round_trip(msg: ServerMsg<'_>) {
@@ -403,7 +400,7 @@ mod tests {
 
     #[test]
     fn every_message_round_trips() {
-        client_round_trip(ClientMsg::Exec(ExecRequest {
+        request_round_trip(Request::Exec(ExecRequest {
             command: b"ls -l \xff".to_vec(),
             env: vec![
                 (b"A".to_vec(), b"1".to_vec()),
@@ -413,17 +410,14 @@ mod tests {
             timeout_ms: Some(1500),
             stdin: true,
         }));
-        client_round_trip(ClientMsg::Exec(ExecRequest::default()));
-        client_round_trip(ClientMsg::Stdin(b"input"));
-        client_round_trip(ClientMsg::StdinEof);
-        client_round_trip(ClientMsg::Cancel { signal: 2 });
-        client_round_trip(ClientMsg::Ping);
-        client_round_trip(ClientMsg::Push(PushRequest {
+        request_round_trip(Request::Exec(ExecRequest::default()));
+        request_round_trip(Request::Ping);
+        request_round_trip(Request::Push(PushRequest {
             dest: b"/srv".to_vec(),
             into_dir: true,
             keep_times: false,
         }));
-        client_round_trip(ClientMsg::Pull(PullRequest {
+        request_round_trip(Request::Pull(PullRequest {
             paths: vec![b"/var/log".to_vec()],
             recursive: true,
         }));
@@ -436,10 +430,10 @@ mod tests {
             path: b"a/b".to_vec(),
             link: Vec::new(),
         };
-        client_round_trip(ClientMsg::FileHeader(header.clone()));
-        client_round_trip(ClientMsg::FileData(b"abc"));
-        client_round_trip(ClientMsg::FileEnd(FileEnd::Complete([1; 32])));
-        client_round_trip(ClientMsg::PushDone);
+        stream_round_trip(StreamMsg::FileHeader(header.clone()));
+        stream_round_trip(StreamMsg::FileData(b"abc"));
+        stream_round_trip(StreamMsg::FileEnd(FileEnd::Complete([1; 32])));
+        stream_round_trip(StreamMsg::PushDone);
         server_round_trip(ServerMsg::FileHeader(header));
         server_round_trip(ServerMsg::FileData(b"abc"));
         server_round_trip(ServerMsg::FileEnd(FileEnd::Abandoned));
@@ -452,6 +446,10 @@ mod tests {
             bytes: 3,
             failed: 0,
         }));
+        stream_round_trip(StreamMsg::Stdin(b"input"));
+        stream_round_trip(StreamMsg::Stdin(b""));
+        stream_round_trip(StreamMsg::StdinEof);
+        stream_round_trip(StreamMsg::Cancel { signal: 2 });
         server_round_trip(ServerMsg::Stdout(b"\x00\xffout"));
         server_round_trip(ServerMsg::Stderr(b""));
         server_round_trip(ServerMsg::Exit(ExitStatus {
@@ -475,47 +473,72 @@ mod tests {
     }
 
     #[test]
-    fn directions_do_not_mix() {
-        assert!(ClientMsg::decode(kind::STDOUT, b"").is_err());
+    fn directions_and_phases_do_not_mix() {
+        assert!(StreamMsg::decode(kind::STDOUT, b"").is_err());
+        assert!(Request::decode(kind::STDOUT, b"").is_err());
         assert!(ServerMsg::decode(kind::EXEC, b"").is_err());
-        assert!(ClientMsg::decode(0x7f, b"").is_err());
-        assert!(ClientMsg::decode(kind::PULL_DATA, b"").is_err());
+        assert!(StreamMsg::decode(0x7f, b"").is_err());
+        // A request after the request: the stream decoder does not know request kinds.
+        let mut exec = Vec::new();
+        Request::Exec(ExecRequest::default()).encode(&mut exec);
+        assert!(matches!(
+            StreamMsg::decode(kind::EXEC, &exec),
+            Err(ProtocolError::UnexpectedFrame(kind::EXEC))
+        ));
+        assert!(matches!(
+            StreamMsg::decode(kind::PING, b""),
+            Err(ProtocolError::UnexpectedFrame(kind::PING))
+        ));
+        // And stdin before any request is not a request.
+        assert!(Request::decode(kind::STDIN, b"x").is_err());
+        assert!(StreamMsg::decode(kind::PULL_DATA, b"").is_err());
+        assert!(StreamMsg::decode(kind::PUSH, b"").is_err());
         assert!(ServerMsg::decode(kind::PUSH_DATA, b"").is_err());
-        assert!(ClientMsg::decode(kind::PUSH_DONE, b"x").is_err());
+        assert!(StreamMsg::decode(kind::PUSH_DONE, b"x").is_err());
     }
 
     #[test]
     fn short_trailing_and_lying_bodies_are_refused() {
         let mut body = Vec::new();
-        ClientMsg::Exec(ExecRequest {
+        Request::Exec(ExecRequest {
             command: b"true".to_vec(),
             ..Default::default()
         })
         .encode(&mut body);
         for cut in 0..body.len() {
             assert!(
-                ClientMsg::decode(kind::EXEC, &body[..cut]).is_err(),
+                Request::decode(kind::EXEC, &body[..cut]).is_err(),
                 "cut at {cut}"
             );
         }
         let mut trailing = body.clone();
         trailing.push(0);
-        assert!(ClientMsg::decode(kind::EXEC, &trailing).is_err());
+        assert!(Request::decode(kind::EXEC, &trailing).is_err());
 
         // A command length far beyond the body, and an environment count it cannot hold.
         let mut lying = vec![0u8; 9];
         lying.extend_from_slice(&u32::MAX.to_be_bytes());
-        assert!(ClientMsg::decode(kind::EXEC, &lying).is_err());
+        assert!(Request::decode(kind::EXEC, &lying).is_err());
         let mut huge_env = vec![0u8; 9 + 8];
         huge_env.extend_from_slice(&u32::MAX.to_be_bytes());
-        assert!(ClientMsg::decode(kind::EXEC, &huge_env).is_err());
-        assert!(ClientMsg::decode(kind::EXEC, &[0x80, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
-        assert!(ClientMsg::decode(kind::STDIN_EOF, b"x").is_err());
+        assert!(Request::decode(kind::EXEC, &huge_env).is_err());
+        assert!(Request::decode(kind::EXEC, &[0x80, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
+        assert!(Request::decode(kind::PING, b"x").is_err());
+        assert!(StreamMsg::decode(kind::STDIN_EOF, b"x").is_err());
+        assert!(StreamMsg::decode(kind::CANCEL, &[2, 0]).is_err());
         assert!(ServerMsg::decode(kind::EXIT, &[8, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
         // Neither or both of code and signal, and signals outside 1..=64.
         assert!(ServerMsg::decode(kind::EXIT, &[0, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
         assert!(ServerMsg::decode(kind::EXIT, &[3, 0, 0, 0, 0, 0, 0, 0, 9]).is_err());
         assert!(ServerMsg::decode(kind::EXIT, &[2, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0x80]).is_err());
         assert!(ServerMsg::decode(kind::EXIT, &[2, 0, 0, 0, 0, 0, 0, 0, 65]).is_err());
+        let mut exit = Vec::new();
+        ExitStatus {
+            code: Some(1),
+            ..Default::default()
+        }
+        .encode(&mut exit);
+        exit.push(0);
+        assert!(ServerMsg::decode(kind::EXIT, &exit).is_err());
     }
 }

@@ -6,9 +6,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::error::ProtocolError;
 use crate::frame::{self, HEADER_LEN, MAX_FRAME_LEN, MAX_HANDSHAKE_FRAME_LEN};
-use crate::handshake::{ClientHandshake, Session};
-use crate::keyfile::Secret;
-use crate::message::{ClientMsg, ServerMsg};
+use crate::handshake::{
+    refusal, ClientHandshake, Principal, ServerEstablished, ServerHandshake, Session, AUTH_FAILED,
+    VERSION,
+};
+use crate::keyfile::{KeyRing, Secret};
+use crate::message::{Request, ServerMsg, StreamMsg};
 use crate::session::{Opener, Sealer};
 
 /// Smallest and largest read into the frame buffer. Reads are sized by what the current frame
@@ -125,10 +128,11 @@ impl<R: AsyncRead + Unpin> SealedReader<R> {
         }
     }
 
-    /// The next message from the client; `Ok(None)` on end of stream.
-    pub async fn next_client_msg(&mut self) -> Result<Option<ClientMsg<'_>>, ProtocolError> {
+    /// The next message from the client once its request is in; `Ok(None)` on end of stream.
+    /// A second request is refused as an unexpected frame.
+    pub async fn next_stream_msg(&mut self) -> Result<Option<StreamMsg<'_>>, ProtocolError> {
         match self.next().await? {
-            Some((kind, body)) => ClientMsg::decode(kind, body).map(Some),
+            Some((kind, body)) => StreamMsg::decode(kind, body).map(Some),
             None => Ok(None),
         }
     }
@@ -137,6 +141,26 @@ impl<R: AsyncRead + Unpin> SealedReader<R> {
     #[doc(hidden)]
     pub fn set_counter_for_test(&mut self, counter: u64) {
         self.opener.set_counter_for_test(counter);
+    }
+}
+
+/// The agent's reader before the request: it yields the request once, and only then the
+/// [`SealedReader`] for the stream messages that follow. A request is read exactly once per
+/// connection because this reader is consumed doing it.
+pub struct RequestReader<R> {
+    inner: SealedReader<R>,
+}
+
+impl<R: AsyncRead + Unpin> RequestReader<R> {
+    /// The client's request and the reader for what follows it; `Ok(None)` if the client closed
+    /// the connection without sending one.
+    pub async fn read_request(self) -> Result<Option<(Request, SealedReader<R>)>, ProtocolError> {
+        let mut inner = self.inner;
+        let request = match inner.next().await? {
+            Some((kind, body)) => Request::decode(kind, body)?,
+            None => return Ok(None),
+        };
+        Ok(Some((request, inner)))
     }
 }
 
@@ -165,8 +189,15 @@ impl<W: AsyncWrite + Unpin> SealedWriter<W> {
         Ok(())
     }
 
-    /// Encodes, seals and sends a message to the agent.
-    pub async fn send_client(&mut self, msg: &ClientMsg<'_>) -> Result<(), ProtocolError> {
+    /// Encodes, seals and sends the client's request.
+    pub async fn send_request(&mut self, request: &Request) -> Result<(), ProtocolError> {
+        let mut body = Vec::new();
+        request.encode(&mut body);
+        self.send(request.kind(), &body).await
+    }
+
+    /// Encodes, seals and sends a message that follows the request.
+    pub async fn send_stream(&mut self, msg: &StreamMsg<'_>) -> Result<(), ProtocolError> {
         let mut body = Vec::new();
         msg.encode(&mut body);
         self.send(msg.kind(), &body).await
@@ -202,6 +233,131 @@ impl<W: AsyncWrite + Unpin> SealedWriter<W> {
     #[doc(hidden)]
     pub fn set_counter_for_test(&mut self, counter: u64) {
         self.sealer.set_counter_for_test(counter);
+    }
+}
+
+/// An authenticated connection on the agent's side.
+pub struct ServerConnection<R, W> {
+    /// Who the client proved to be.
+    pub principal: Principal,
+    /// Reads the client's request, then what follows it.
+    pub reader: RequestReader<R>,
+    /// Sends to the client.
+    pub writer: SealedWriter<W>,
+}
+
+/// Why the agent's side of a handshake ended without an authenticated client.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerHandshakeError {
+    /// The client closed the connection before sending its hello.
+    #[error("client closed the connection during the handshake")]
+    Closed,
+    /// Sending to the client failed.
+    #[error("sending {what} failed: {cause}")]
+    Send {
+        /// What was being sent.
+        what: &'static str,
+        /// The cause.
+        cause: std::io::Error,
+    },
+    /// The client's hello did not arrive as a frame (too long, cut, socket error).
+    #[error("bad handshake input: {0}")]
+    Input(ProtocolError),
+    /// The client's hello was refused (wrong proof, unknown key id, version, ...); the refusal
+    /// was sent. `key_id` is what the client asked for, and whether this agent knows it: for
+    /// the log only, never for the client.
+    #[error("{error}{}", describe_key_id(.key_id))]
+    Refused {
+        /// Why.
+        error: ProtocolError,
+        /// The key id the client named, and whether the key file holds it.
+        key_id: Option<(String, bool)>,
+    },
+}
+
+fn describe_key_id(key_id: &Option<(String, bool)>) -> String {
+    match key_id {
+        Some((id, true)) => format!(" for key id {id:?}"),
+        Some((id, false)) => format!(" for key id {id:?} (unknown key id)"),
+        None => String::new(),
+    }
+}
+
+/// What the agent tells a client whose hello it refuses. A wrong proof and an unknown key id
+/// get the same text.
+fn refusal_text(error: &ProtocolError) -> String {
+    match error {
+        ProtocolError::AuthFailed => AUTH_FAILED.to_owned(),
+        ProtocolError::VersionMismatch(v) => {
+            format!("unsupported protocol version {v}; this agent speaks version {VERSION}")
+        }
+        other => format!("handshake refused: {other}"),
+    }
+}
+
+/// Runs the agent's side of the handshake from `handshake` (whose hello is sent first) against
+/// the keys in `keys`. On success the proof is sent and the connection is ready for the
+/// client's request; on a refused hello the refusal is sent before returning the error.
+///
+/// The caller bounds the time this may take.
+pub async fn server_handshake<R, W>(
+    handshake: ServerHandshake,
+    read: R,
+    mut write: W,
+    keys: &KeyRing,
+) -> Result<ServerConnection<R, W>, ServerHandshakeError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    write
+        .write_all(handshake.hello())
+        .await
+        .map_err(|cause| ServerHandshakeError::Send {
+            what: "hello",
+            cause,
+        })?;
+    let mut frames = FrameReader::new(read);
+    let hello = match frames.next(MAX_HANDSHAKE_FRAME_LEN).await {
+        Ok(Some(frame)) => frame,
+        Ok(None) => return Err(ServerHandshakeError::Closed),
+        Err(e) => return Err(ServerHandshakeError::Input(e)),
+    };
+    let mut asked = None;
+    let result = handshake.receive_client_hello(hello.as_frame(), |id| {
+        let secret = keys.get(id);
+        asked = Some((id.to_owned(), secret.is_some()));
+        secret
+    });
+    match result {
+        Ok(ServerEstablished {
+            principal,
+            reply,
+            session,
+        }) => {
+            write
+                .write_all(&reply)
+                .await
+                .map_err(|cause| ServerHandshakeError::Send {
+                    what: "proof",
+                    cause,
+                })?;
+            Ok(ServerConnection {
+                principal,
+                reader: RequestReader {
+                    inner: SealedReader::new(frames, session.opener),
+                },
+                writer: SealedWriter::new(write, session.sealer),
+            })
+        }
+        Err(error) => {
+            // The client learns nothing more than the refusal; a failed send changes nothing.
+            let _ = write.write_all(&refusal(&refusal_text(&error))).await;
+            Err(ServerHandshakeError::Refused {
+                error,
+                key_id: asked,
+            })
+        }
     }
 }
 

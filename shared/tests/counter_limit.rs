@@ -2,41 +2,48 @@
 //! over an in-memory pipe, then frames until the counter runs out. The connection must end with
 //! `CounterExhausted` on the side that would wrap, and no nonce may ever be used twice.
 
-use rexec_shared::handshake::{ServerEstablished, ServerHandshake};
-use rexec_shared::keyfile::Secret;
-use rexec_shared::message::{ClientMsg, ServerMsg};
-use rexec_shared::transport::{client_handshake, FrameReader, SealedReader, SealedWriter};
+use std::path::Path;
+
+use rexec_shared::handshake::ServerHandshake;
+use rexec_shared::keyfile::{KeyRing, Secret};
+use rexec_shared::message::{Request, ServerMsg, StreamMsg};
+use rexec_shared::transport::{
+    client_handshake, server_handshake, SealedReader, SealedWriter, ServerConnection,
+};
 use rexec_shared::ProtocolError;
-use tokio::io::{AsyncWriteExt, DuplexStream};
+use tokio::io::DuplexStream;
 
 type Reader = SealedReader<tokio::io::ReadHalf<DuplexStream>>;
 type Writer = SealedWriter<tokio::io::WriteHalf<DuplexStream>>;
 
-/// A client and an agent, both authenticated over an in-memory pipe.
+/// A client and an agent, both authenticated over an in-memory pipe, the client's request
+/// (a ping) read by the agent: what follows are stream messages.
 async fn connected() -> ((Reader, Writer), (Reader, Writer)) {
     let (client_side, agent_side) = tokio::io::duplex(64 * 1024);
     let secret = Secret::from_bytes([5; 32]);
-    let (agent_read, mut agent_write) = tokio::io::split(agent_side);
-    let agent_secret = secret.clone();
+    let line = format!("ops {}\n", secret.to_hex());
+    let keys = KeyRing::parse(&line, Path::new("keys")).unwrap();
+    let (agent_read, agent_write) = tokio::io::split(agent_side);
     let agent = tokio::spawn(async move {
-        let handshake = ServerHandshake::new();
-        agent_write.write_all(handshake.hello()).await.unwrap();
-        let mut frames = FrameReader::new(agent_read);
-        let hello = frames.next(512).await.unwrap().unwrap();
-        let ServerEstablished { reply, session, .. } = handshake
-            .receive_client_hello(hello.as_frame(), |_| Some(&agent_secret))
+        let ServerConnection {
+            principal,
+            reader,
+            writer,
+            ..
+        } = server_handshake(ServerHandshake::new(), agent_read, agent_write, &keys)
+            .await
             .unwrap();
-        agent_write.write_all(&reply).await.unwrap();
-        (
-            SealedReader::new(frames, session.opener),
-            SealedWriter::new(agent_write, session.sealer),
-        )
+        assert_eq!(principal.key_id, "ops");
+        let (request, reader) = reader.read_request().await.unwrap().unwrap();
+        assert_eq!(request, Request::Ping);
+        (reader, writer)
     });
     let (client_read, client_write) = tokio::io::split(client_side);
-    let client = client_handshake(client_read, client_write, "ops", secret)
+    let (client_rx, mut client_tx) = client_handshake(client_read, client_write, "ops", secret)
         .await
         .unwrap();
-    (client, agent.await.unwrap())
+    client_tx.send_request(&Request::Ping).await.unwrap();
+    ((client_rx, client_tx), agent.await.unwrap())
 }
 
 #[tokio::test]
@@ -46,14 +53,14 @@ async fn a_sender_at_the_limit_refuses_to_seal_and_the_receiver_sees_a_clean_end
     client_tx.set_counter_for_test(u64::MAX - 2);
     agent_rx.set_counter_for_test(u64::MAX - 2);
     client_tx
-        .send_client(&ClientMsg::Stdin(b"one"))
+        .send_stream(&StreamMsg::Stdin(b"one"))
         .await
         .unwrap();
     client_tx
-        .send_client(&ClientMsg::Stdin(b"two"))
+        .send_stream(&StreamMsg::Stdin(b"two"))
         .await
         .unwrap();
-    let refused = client_tx.send_client(&ClientMsg::Stdin(b"three")).await;
+    let refused = client_tx.send_stream(&StreamMsg::Stdin(b"three")).await;
     assert!(
         matches!(refused, Err(ProtocolError::CounterExhausted)),
         "{refused:?}"
@@ -61,14 +68,14 @@ async fn a_sender_at_the_limit_refuses_to_seal_and_the_receiver_sees_a_clean_end
     // The refused frame was never written: the sender ends the connection instead.
     client_tx.shutdown().await.unwrap();
     assert_eq!(
-        agent_rx.next_client_msg().await.unwrap(),
-        Some(ClientMsg::Stdin(b"one"))
+        agent_rx.next_stream_msg().await.unwrap(),
+        Some(StreamMsg::Stdin(b"one"))
     );
     assert_eq!(
-        agent_rx.next_client_msg().await.unwrap(),
-        Some(ClientMsg::Stdin(b"two"))
+        agent_rx.next_stream_msg().await.unwrap(),
+        Some(StreamMsg::Stdin(b"two"))
     );
-    assert_eq!(agent_rx.next_client_msg().await.unwrap(), None);
+    assert_eq!(agent_rx.next_stream_msg().await.unwrap(), None);
 }
 
 #[tokio::test]
@@ -105,8 +112,8 @@ async fn counters_that_disagree_fail_the_integrity_check() {
     let ((_, mut client_tx), (mut agent_rx, _)) = connected().await;
     client_tx.set_counter_for_test(u64::MAX - 3);
     agent_rx.set_counter_for_test(u64::MAX - 2);
-    client_tx.send_client(&ClientMsg::StdinEof).await.unwrap();
-    let result = agent_rx.next_client_msg().await;
+    client_tx.send_stream(&StreamMsg::StdinEof).await.unwrap();
+    let result = agent_rx.next_stream_msg().await;
     assert!(
         matches!(result, Err(ProtocolError::Integrity)),
         "{result:?}"

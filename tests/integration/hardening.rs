@@ -11,12 +11,11 @@ use std::time::{Duration, Instant};
 use rexec_shared::frame::{self, MAX_FRAME_LEN, MAX_HANDSHAKE_FRAME_LEN};
 use rexec_shared::handshake::{kind as hs, ClientHandshake};
 use rexec_shared::keyfile::{KeyEntry, Secret};
-use rexec_shared::message::ClientMsg;
 use rexec_shared::session::{DirectionKeys, Sealer};
 
 use crate::proxy::{Fault, Proxy};
 use crate::rawclient::{
-    authenticate, connect_from, encode_client, first_key, request, HelloAnswer, RawConn,
+    authenticate, connect_from, encode_client, first_key, request, ClientMsg, HelloAnswer, RawConn,
 };
 use crate::util::{ctl, eventually, exec, scratch, Agent};
 

@@ -7,9 +7,9 @@ use std::io::Read;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use rexec_shared::message::{ClientMsg, ExecRequest};
+use rexec_shared::message::ExecRequest;
 
-use crate::rawclient::{authenticate, first_key, request, OwnedServerMsg};
+use crate::rawclient::{authenticate, first_key, request, ClientMsg, OwnedServerMsg};
 use crate::util::{
     ctl, eventually, exec, group_members, marker, pids_matching, Agent, KillGroupOnDrop,
     KillOnDrop, LineReader,

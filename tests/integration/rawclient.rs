@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use rexec_shared::frame::{self, HEADER_LEN, MAX_FRAME_LEN, MAX_HANDSHAKE_FRAME_LEN};
 use rexec_shared::handshake::{ClientHandshake, Session};
 use rexec_shared::keyfile::{KeyEntry, KeyRing};
-use rexec_shared::message::{ClientMsg, ExecRequest, ExitStatus, ServerMsg};
+use rexec_shared::message::{ExecRequest, ExitStatus, Request, ServerMsg, StreamMsg};
 use rexec_shared::session::{Opener, Sealer};
 use rexec_shared::ProtocolError;
 
@@ -31,8 +31,39 @@ pub fn request(command: &str) -> ExecRequest {
     }
 }
 
+/// The client messages the raw tests send, requests and stream messages alike: a raw client
+/// may send them in any order, which the library's types rule out.
+#[derive(Debug, Clone)]
+pub enum ClientMsg {
+    /// A request to run a command.
+    Exec(ExecRequest),
+    /// Cancel with a signal.
+    Cancel {
+        /// Signal number.
+        signal: u8,
+    },
+}
+
+impl ClientMsg {
+    /// The frame kind.
+    pub fn kind(&self) -> u8 {
+        match self {
+            Self::Exec(req) => Request::Exec(req.clone()).kind(),
+            Self::Cancel { signal } => StreamMsg::Cancel { signal: *signal }.kind(),
+        }
+    }
+
+    /// Appends the body to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Self::Exec(req) => req.encode(out),
+            Self::Cancel { signal } => StreamMsg::Cancel { signal: *signal }.encode(out),
+        }
+    }
+}
+
 /// The body of `msg`, encoded.
-pub fn encode_client(msg: &ClientMsg<'_>) -> Vec<u8> {
+pub fn encode_client(msg: &ClientMsg) -> Vec<u8> {
     let mut body = Vec::new();
     msg.encode(&mut body);
     body
@@ -226,7 +257,7 @@ pub struct RawResult {
 
 impl Authed {
     /// The bytes of `msg` sealed as the next frame (advances the counter; not sent).
-    pub fn seal(&mut self, msg: &ClientMsg<'_>) -> Vec<u8> {
+    pub fn seal(&mut self, msg: &ClientMsg) -> Vec<u8> {
         let mut out = Vec::new();
         self.sealer
             .seal(msg.kind(), &encode_client(msg), &mut out)
@@ -235,7 +266,7 @@ impl Authed {
     }
 
     /// Seals and sends `msg`.
-    pub fn send(&mut self, msg: &ClientMsg<'_>) -> std::io::Result<()> {
+    pub fn send(&mut self, msg: &ClientMsg) -> std::io::Result<()> {
         let bytes = self.seal(msg);
         self.send_raw(&bytes)
     }

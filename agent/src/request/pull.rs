@@ -64,7 +64,7 @@ where
                 }
             }
             // The client sends nothing after its request: anything else, or its end, stops us.
-            msg = reader.next_client_msg() => break Err(match msg {
+            msg = reader.next_stream_msg() => break Err(match msg {
                 Ok(Some(other)) => format!("protocol error: client sent frame kind 0x{:02x} during a pull", other.kind()),
                 Ok(None) => "client went away in the middle of the transfer".into(),
                 Err(e) => format!("client connection failed: {e}"),

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use rexec_shared::files::path::display;
 use rexec_shared::files::sink::{self, Event, Links, Op, Options};
 use rexec_shared::files::wire::{FileError, PushRequest};
-use rexec_shared::message::{ClientMsg, ServerMsg};
+use rexec_shared::message::{ServerMsg, StreamMsg};
 use rexec_shared::transport::{SealedReader, SealedWriter};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
@@ -119,12 +119,12 @@ where
             }
         }
         tokio::select! {
-            msg = reader.next_client_msg(), if !finishing => {
+            msg = reader.next_stream_msg(), if !finishing => {
                 let op = match msg {
-                    Ok(Some(ClientMsg::FileHeader(h))) => Op::Header(h),
-                    Ok(Some(ClientMsg::FileData(data))) => Op::Data(data.to_vec()),
-                    Ok(Some(ClientMsg::FileEnd(end))) => Op::End(end),
-                    Ok(Some(ClientMsg::PushDone)) => Op::Finish,
+                    Ok(Some(StreamMsg::FileHeader(h))) => Op::Header(h),
+                    Ok(Some(StreamMsg::FileData(data))) => Op::Data(data.to_vec()),
+                    Ok(Some(StreamMsg::FileEnd(end))) => Op::End(end),
+                    Ok(Some(StreamMsg::PushDone)) => Op::Finish,
                     Ok(Some(other)) => break Err(format!("protocol error: client sent frame kind 0x{:02x} during a push", other.kind())),
                     Ok(None) => break Err("client went away in the middle of the transfer".into()),
                     Err(e) => break Err(format!("client connection failed: {e}")),

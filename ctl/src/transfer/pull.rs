@@ -7,7 +7,7 @@ use std::time::Instant;
 use rexec_shared::files::sink::{self, Event, Links, Op, Options};
 use rexec_shared::files::wire::PullRequest;
 use rexec_shared::keyfile::KeyEntry;
-use rexec_shared::message::{ClientMsg, ServerMsg};
+use rexec_shared::message::{Request, ServerMsg};
 
 use super::{safe, Transfer};
 use crate::outcome::Failure;
@@ -46,7 +46,7 @@ pub async fn run(
         }
     };
     let (mut reader, mut writer) = conn.into_parts();
-    if let Err(e) = writer.send_client(&ClientMsg::Pull(request)).await {
+    if let Err(e) = writer.send_request(&Request::Pull(request)).await {
         return Transfer::failed(remote::stream_failure(e));
     }
     let mut seen = Vec::new();

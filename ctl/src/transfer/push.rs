@@ -7,7 +7,7 @@ use std::time::Instant;
 use rexec_shared::files::source::Event;
 use rexec_shared::files::wire::{PushRequest, TransferDone};
 use rexec_shared::keyfile::KeyEntry;
-use rexec_shared::message::{ClientMsg, ServerMsg};
+use rexec_shared::message::{Request, ServerMsg, StreamMsg};
 use rexec_shared::ProtocolError;
 use tokio::sync::mpsc;
 
@@ -34,7 +34,7 @@ pub async fn run(
     };
     let events = ticket.ready();
     let (mut reader, mut writer) = conn.into_parts();
-    if let Err(e) = writer.send_client(&ClientMsg::Push(request)).await {
+    if let Err(e) = writer.send_request(&Request::Push(request)).await {
         return Transfer::failed(remote::stream_failure(e));
     }
     let send = send_all(&mut writer, events);
@@ -101,12 +101,12 @@ async fn send_all<W: tokio::io::AsyncWrite + Unpin>(
 ) -> Result<Option<TransferDone>, ProtocolError> {
     while let Some(event) = events.recv().await {
         match event {
-            Event::Header(h) => writer.send_client(&ClientMsg::FileHeader(h)).await?,
-            Event::Data(data) => writer.send_client(&ClientMsg::FileData(&data[..])).await?,
-            Event::End(end) => writer.send_client(&ClientMsg::FileEnd(end)).await?,
+            Event::Header(h) => writer.send_stream(&StreamMsg::FileHeader(h)).await?,
+            Event::Data(data) => writer.send_stream(&StreamMsg::FileData(&data[..])).await?,
+            Event::End(end) => writer.send_stream(&StreamMsg::FileEnd(end)).await?,
             Event::Failed { .. } => {}
             Event::Done(done) => {
-                writer.send_client(&ClientMsg::PushDone).await?;
+                writer.send_stream(&StreamMsg::PushDone).await?;
                 return Ok(Some(done));
             }
         }

@@ -1,6 +1,7 @@
 //! Bodies of the file-transfer messages (docs/protocol.md, "Files"), encoded and decoded
 //! without I/O. Frame kinds are in [`crate::message::kind`].
 
+use crate::codec::{put_bytes, Reader};
 use crate::error::ProtocolError;
 
 /// Length of a SHA-256 digest.
@@ -95,7 +96,7 @@ impl PushRequest {
 
     /// Decodes a body.
     pub fn decode(body: &[u8]) -> Result<Self, ProtocolError> {
-        let mut r = Reader(body);
+        let mut r = Reader::new(body);
         let flags = r.u8()?;
         if flags & !0b11 != 0 {
             return Err(ProtocolError::Malformed("push request flags"));
@@ -104,7 +105,7 @@ impl PushRequest {
         if dest.is_empty() || dest.contains(&0) {
             return Err(ProtocolError::Malformed("push destination"));
         }
-        r.finish()?;
+        r.expect_empty()?;
         Ok(Self {
             dest,
             into_dir: flags & 1 != 0,
@@ -125,7 +126,7 @@ impl PullRequest {
 
     /// Decodes a body.
     pub fn decode(body: &[u8]) -> Result<Self, ProtocolError> {
-        let mut r = Reader(body);
+        let mut r = Reader::new(body);
         let flags = r.u8()?;
         if flags & !1 != 0 {
             return Err(ProtocolError::Malformed("pull request flags"));
@@ -133,7 +134,7 @@ impl PullRequest {
         let count = r.u32()? as usize;
         // Each path takes at least its 4 length bytes: refuse a count the body cannot hold
         // before reserving anything for it.
-        if count == 0 || count > r.0.len() / 4 {
+        if count == 0 || count > r.remaining() / 4 {
             return Err(ProtocolError::Malformed("pull request path count"));
         }
         let mut paths = Vec::with_capacity(count);
@@ -144,7 +145,7 @@ impl PullRequest {
             }
             paths.push(path.to_vec());
         }
-        r.finish()?;
+        r.expect_empty()?;
         Ok(Self {
             paths,
             recursive: flags & 1 != 0,
@@ -171,7 +172,7 @@ impl FileHeader {
     /// Decodes a body. The path's shape is checked separately, by the receiver, with
     /// [`super::path::components`].
     pub fn decode(body: &[u8]) -> Result<Self, ProtocolError> {
-        let mut r = Reader(body);
+        let mut r = Reader::new(body);
         let kind = match r.u8()? {
             1 => EntryKind::File,
             2 => EntryKind::Dir,
@@ -190,7 +191,7 @@ impl FileHeader {
         let size = u64::from_be_bytes(r.array()?);
         let path = r.bytes()?.to_vec();
         let link = r.bytes()?.to_vec();
-        r.finish()?;
+        r.expect_empty()?;
         let consistent = match kind {
             EntryKind::File => link.is_empty(),
             EntryKind::Dir => size == 0 && link.is_empty(),
@@ -230,10 +231,10 @@ impl FileEnd {
 
     /// Decodes a body.
     pub fn decode(body: &[u8]) -> Result<Self, ProtocolError> {
-        let mut r = Reader(body);
+        let mut r = Reader::new(body);
         let flags = r.u8()?;
         let digest = r.array::<DIGEST_LEN>()?;
-        r.finish()?;
+        r.expect_empty()?;
         match flags {
             0 => Ok(Self::Complete(digest)),
             1 => Ok(Self::Abandoned),
@@ -251,10 +252,10 @@ impl FileError {
 
     /// Decodes a body; a message that is not UTF-8 is taken lossily.
     pub fn decode(body: &[u8]) -> Result<Self, ProtocolError> {
-        let mut r = Reader(body);
+        let mut r = Reader::new(body);
         let path = r.bytes()?.to_vec();
         let message = String::from_utf8_lossy(r.bytes()?).into_owned();
-        r.finish()?;
+        r.expect_empty()?;
         Ok(Self { path, message })
     }
 }
@@ -269,63 +270,16 @@ impl TransferDone {
 
     /// Decodes a body.
     pub fn decode(body: &[u8]) -> Result<Self, ProtocolError> {
-        let mut r = Reader(body);
+        let mut r = Reader::new(body);
         let files = u64::from_be_bytes(r.array()?);
         let bytes = u64::from_be_bytes(r.array()?);
         let failed = u64::from_be_bytes(r.array()?);
-        r.finish()?;
+        r.expect_empty()?;
         Ok(Self {
             files,
             bytes,
             failed,
         })
-    }
-}
-
-fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
-    // Frames are at most MAX_FRAME_LEN, so every field length fits in a u32.
-    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-    out.extend_from_slice(bytes);
-}
-
-/// A cursor over a body that refuses to read past its end.
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], ProtocolError> {
-        if self.0.len() < n {
-            return Err(ProtocolError::Malformed("message body (too short)"));
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Ok(head)
-    }
-
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], ProtocolError> {
-        let mut out = [0u8; N];
-        out.copy_from_slice(self.take(N)?);
-        Ok(out)
-    }
-
-    fn u8(&mut self) -> Result<u8, ProtocolError> {
-        Ok(self.array::<1>()?[0])
-    }
-
-    fn u32(&mut self) -> Result<u32, ProtocolError> {
-        Ok(u32::from_be_bytes(self.array()?))
-    }
-
-    fn bytes(&mut self) -> Result<&'a [u8], ProtocolError> {
-        let len = self.u32()? as usize;
-        self.take(len)
-    }
-
-    fn finish(&self) -> Result<(), ProtocolError> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(ProtocolError::Malformed("message body (trailing bytes)"))
-        }
     }
 }
 

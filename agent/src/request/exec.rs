@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use rexec_shared::frame::HEADER_LEN;
-use rexec_shared::message::{kind, ClientMsg, ExecRequest, ExitStatus, ServerMsg};
+use rexec_shared::message::{kind, ExecRequest, ExitStatus, ServerMsg, StreamMsg};
 use rexec_shared::transport::{SealedReader, SealedWriter};
 use rexec_shared::ProtocolError;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -348,14 +348,14 @@ async fn forward_client<R: AsyncRead + Unpin>(
     peer_closed: Box<dyn Fn() -> bool + Send + Sync>,
 ) {
     let (reason, tampered) = loop {
-        let msg = match reader.next_client_msg().await {
+        let msg = match reader.next_stream_msg().await {
             Ok(Some(msg)) => msg,
             Ok(None) => break ("client closed the connection".to_owned(), false),
             Err(e @ ProtocolError::Integrity) => break (format!("{e}"), true),
             Err(e) => break (format!("client connection failed: {e}"), false),
         };
         match msg {
-            ClientMsg::Stdin(data) => {
+            StreamMsg::Stdin(data) => {
                 let Some(pipe) = stdin.as_mut() else { continue };
                 match write_watching(pipe, data, &*peer_closed).await {
                     StdinWrite::Done => {}
@@ -366,8 +366,8 @@ async fn forward_client<R: AsyncRead + Unpin>(
                     }
                 }
             }
-            ClientMsg::StdinEof => stdin = None,
-            ClientMsg::Cancel { signal } => {
+            StreamMsg::StdinEof => stdin = None,
+            StreamMsg::Cancel { signal } => {
                 let _ = events.send(ClientEvent::Cancel(i32::from(signal))).await;
             }
             other => {
