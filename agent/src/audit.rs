@@ -2,22 +2,40 @@
 
 use std::net::SocketAddr;
 
+use rexec_shared::message::ScriptInfo;
+
 use crate::logging::AUDIT;
 use crate::request::exec::{KillReason, Outcome};
 use crate::request::push::Outcome as TransferOutcome;
 
-/// Logs the end of one command: peer, key id, command, status, duration, bytes sent.
-pub fn command(peer: SocketAddr, key_id: &str, command: &[u8], outcome: &Outcome) {
+/// Logs the end of one command: peer, key id, command, the script it ran (`ctl exec
+/// --script`: its name and SHA-256), status, duration, bytes sent.
+pub fn command(
+    peer: SocketAddr,
+    key_id: &str,
+    command: &[u8],
+    script: Option<&ScriptInfo>,
+    outcome: &Outcome,
+) {
     // Not escaped here: the text format quotes string fields with Rust escapes and the JSON
     // format with JSON escapes, so a command with newlines still makes one line either way.
     let command = String::from_utf8_lossy(command);
     let status = describe(outcome);
     let duration_ms = outcome.duration.as_millis() as u64;
+    let script_name = script.map(|s| String::from_utf8_lossy(&s.name).into_owned());
+    let script_sha256 = script.map(|s| {
+        s.digest
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    });
     tracing::info!(
         target: AUDIT,
         %peer,
         key_id,
         command = &*command,
+        script = script_name.as_deref(),
+        script_sha256 = script_sha256.as_deref(),
         status,
         exit_code = outcome.status.and_then(|s| s.code),
         signal = outcome.status.and_then(|s| s.signal),

@@ -58,6 +58,7 @@ Examples:
   ctl exec -H web1,web2,web3 uptime
   ctl exec -H web1,web2 -H db1 --group 'cat /etc/os-release'
   ctl exec --hosts-file fleet.txt -P 200 --script check.sh -- --quick
+  tar cz site | ctl exec -H web1,web2 --stdin 'tar xz -C /srv'
   ctl exec --hosts-file fleet.txt --json 'df -h /' | jq -r 'select(.status != 0) | .target'";
 
 const PUSH_EXAMPLES: &str = "\
@@ -170,6 +171,10 @@ pub struct ExecArgs {
     #[arg(short = 'n', long)]
     pub no_stdin: bool,
 
+    /// With many targets, send ctl's stdin to every target (the same bytes to each).
+    #[arg(long, conflicts_with_all = ["no_stdin", "script"])]
+    pub stdin: bool,
+
     /// Set a variable in the remote environment (repeatable).
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
     pub env: Vec<(String, String)>,
@@ -186,7 +191,8 @@ pub struct ExecArgs {
     #[arg(long)]
     pub group: bool,
 
-    /// Run this local script on every target (as `sh -s`; COMMAND words become its arguments).
+    /// Run this local script on every target with its #! interpreter (else sh); COMMAND words
+    /// become its arguments.
     #[arg(long, value_name = "FILE")]
     pub script: Option<PathBuf>,
 

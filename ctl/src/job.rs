@@ -22,6 +22,8 @@ pub enum Input {
     Fixed(Arc<[u8]>),
     /// ctl's own stdin, for the one target of a single-target run.
     Forward(Mutex<Option<StdinChunks>>),
+    /// ctl's own stdin, the same bytes to every target (`--stdin` with many targets).
+    Replay(Arc<stdin::Replayable>),
 }
 
 impl Input {
@@ -39,6 +41,7 @@ impl Input {
         match self {
             Self::Empty => None,
             Self::Fixed(bytes) => Some(stdin::fixed(bytes.clone())),
+            Self::Replay(replay) => Some(replay.chunks()),
             // A lock poisoned by a panic still holds a valid Option.
             Self::Forward(rx) => rx.lock().unwrap_or_else(|e| e.into_inner()).take(),
         }

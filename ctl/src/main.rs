@@ -15,6 +15,7 @@ mod outcome;
 mod output;
 mod remote;
 mod render;
+mod script;
 mod signals;
 mod stdin;
 mod target;
@@ -118,13 +119,13 @@ async fn exec(args: ExecArgs) -> u8 {
         None => None,
     };
     let command = match &script {
-        // `sh -s ARGS` reads the script from stdin and gives it ARGS as $1...
-        Some(_) => std::iter::once("sh -s --".to_owned())
-            .chain(words.iter().map(|w| shell_quote(w)))
-            .collect::<Vec<_>>()
-            .join(" "),
+        Some(bytes) => script::command_line(bytes, &words),
         None if words.is_empty() => return usage_error("missing COMMAND to run"),
         None => words.join(" "),
+    };
+    let script_info = match (&args.script, &script) {
+        (Some(path), Some(bytes)) => Some(script::info(path, bytes)),
+        _ => None,
     };
     let key = match keys::load(args.key.key_file.as_deref(), args.key.key_id.as_deref()) {
         Ok(key) => key,
@@ -146,8 +147,23 @@ async fn exec(args: ExecArgs) -> u8 {
     let input = match script {
         Some(bytes) => job::Input::Fixed(bytes.into()),
         None if !many && !args.no_stdin => job::Input::forward(),
+        None if args.stdin => match tokio::task::spawn_blocking(stdin::Replayable::take).await {
+            Ok(Ok(replay)) => job::Input::Replay(Arc::new(replay)),
+            Ok(Err(e)) => {
+                eprintln!("ctl: cannot read stdin to send it to every target: {e}");
+                return exit::FAILURE;
+            }
+            Err(e) => {
+                eprintln!("ctl: internal error reading stdin: {e}");
+                return exit::FAILURE;
+            }
+        },
         None => job::Input::Empty,
     };
+    // Stdin ctl did not send, and was not told to leave alone, is mentioned at the end (by
+    // then a producer such as `tar c |` has written what it will).
+    let check_unsent = many && !args.no_stdin && !matches!(input, job::Input::Replay(_));
+    let unsent_early = check_unsent && stdin::has_unread_data();
     let job = Arc::new(job::Exec {
         key,
         request: ExecRequest {
@@ -160,6 +176,7 @@ async fn exec(args: ExecArgs) -> u8 {
             cwd: args.cwd.clone().map(String::into_bytes),
             timeout_ms: args.timeout.map(|t| t.as_millis().max(1) as u64),
             stdin: input.sends(),
+            script: script_info,
         },
         input,
         connect_timeout: args.targets.connect_timeout,
@@ -182,16 +199,17 @@ async fn exec(args: ExecArgs) -> u8 {
         let mut renderer = Fleet::new(style, many, total, args.timeout);
         engine::run(job, targets, limits, stop, &mut renderer).await
     };
+    if check_unsent && (unsent_early || stdin::has_unread_data()) {
+        eprintln!(
+            "ctl: stdin was not sent to the targets: with -H/--hosts-file, give --stdin to send \
+             it to every target (or -n to say it is not for them)"
+        );
+    }
     let signalled = *interrupted.borrow();
     match signalled {
         Some(sig) => exit::signalled(sig),
         None => code,
     }
-}
-
-/// Quotes a word for `sh` so it arrives as one argument.
-fn shell_quote(word: &str) -> String {
-    format!("'{}'", word.replace('\'', r"'\''"))
 }
 
 async fn ping(args: PingArgs) -> u8 {

@@ -275,6 +275,7 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
                 cwd: Some(b"/tmp".to_vec()),
                 timeout_ms: Some(1000),
                 stdin: true,
+                script: None,
             });
             let mut body = Vec::new();
             exec.encode(&mut body);

@@ -69,6 +69,17 @@ pub struct ExecRequest {
     pub timeout_ms: Option<u64>,
     /// Whether STDIN frames follow; without them the command's stdin is empty.
     pub stdin: bool,
+    /// The local script the command runs (`ctl exec --script`), for the agent's audit record.
+    pub script: Option<ScriptInfo>,
+}
+
+/// Which script a command runs: its file name on the client and the SHA-256 of its content.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScriptInfo {
+    /// The script's file name as the user gave it.
+    pub name: Vec<u8>,
+    /// SHA-256 of the script's bytes.
+    pub digest: [u8; 32],
 }
 
 /// How a command ended.
@@ -150,7 +161,10 @@ pub enum ServerMsg<'a> {
 impl ExecRequest {
     /// Appends the request body to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        put_u8(out, u8::from(self.stdin));
+        put_u8(
+            out,
+            u8::from(self.stdin) | u8::from(self.script.is_some()) << 1,
+        );
         put_u64(out, self.timeout_ms.unwrap_or(0));
         put_bytes(out, &self.command);
         put_bytes(out, self.cwd.as_deref().unwrap_or_default());
@@ -159,12 +173,16 @@ impl ExecRequest {
             put_bytes(out, key);
             put_bytes(out, value);
         }
+        if let Some(script) = &self.script {
+            put_bytes(out, &script.name);
+            out.extend_from_slice(&script.digest);
+        }
     }
 
     /// Reads a request body.
     pub fn read(r: &mut Reader<'_>) -> Result<Self, ProtocolError> {
         let flags = r.u8()?;
-        if flags & !1 != 0 {
+        if flags & !0b11 != 0 {
             return Err(ProtocolError::Malformed("exec request flags"));
         }
         let timeout_ms = r.u64()?;
@@ -180,7 +198,16 @@ impl ExecRequest {
         for _ in 0..count {
             env.push((r.bytes()?.to_vec(), r.bytes()?.to_vec()));
         }
+        let script = if flags & 2 != 0 {
+            Some(ScriptInfo {
+                name: r.bytes()?.to_vec(),
+                digest: r.array()?,
+            })
+        } else {
+            None
+        };
         Ok(Self {
+            script,
             command,
             env,
             cwd: (!cwd.is_empty()).then(|| cwd.to_vec()),
@@ -409,6 +436,10 @@ mod tests {
             cwd: Some(b"/tmp".to_vec()),
             timeout_ms: Some(1500),
             stdin: true,
+            script: Some(ScriptInfo {
+                name: b"deploy.sh".to_vec(),
+                digest: [0xab; 32],
+            }),
         }));
         request_round_trip(Request::Exec(ExecRequest::default()));
         request_round_trip(Request::Ping);

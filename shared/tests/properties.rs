@@ -11,7 +11,7 @@ use proptest::prelude::*;
 use rexec_shared::frame::{self, HEADER_LEN, MAX_FRAME_LEN, MAX_HANDSHAKE_FRAME_LEN};
 use rexec_shared::handshake::{kind as hs, ClientHandshake, ServerHandshake};
 use rexec_shared::keyfile::Secret;
-use rexec_shared::message::{ExecRequest, ExitStatus, Request, ServerMsg, StreamMsg};
+use rexec_shared::message::{ExecRequest, ExitStatus, Request, ScriptInfo, ServerMsg, StreamMsg};
 use rexec_shared::session::{DirectionKeys, Opener, Sealer};
 use rexec_shared::transport::{FrameReader, SealedReader};
 use rexec_shared::ProtocolError;
@@ -70,14 +70,18 @@ fn exec_request() -> impl Strategy<Value = ExecRequest> {
         prop::option::of(vec(any::<u8>(), 1..40)),
         prop::option::of(1..u64::MAX),
         any::<bool>(),
+        prop::option::of((bytes(40), any::<[u8; 32]>())),
     )
-        .prop_map(|(command, env, cwd, timeout_ms, stdin)| ExecRequest {
-            command,
-            env,
-            cwd,
-            timeout_ms,
-            stdin,
-        })
+        .prop_map(
+            |(command, env, cwd, timeout_ms, stdin, script)| ExecRequest {
+                command,
+                env,
+                cwd,
+                timeout_ms,
+                stdin,
+                script: script.map(|(name, digest)| ScriptInfo { name, digest }),
+            },
+        )
 }
 
 /// An owned client message, from which the borrowed form is made.

@@ -11,6 +11,7 @@ mod exec_keys;
 mod exec_signals;
 mod files;
 mod fleet;
+mod fleet_input;
 mod hardening;
 mod hardening_faults;
 mod hardening_mitm;

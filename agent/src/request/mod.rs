@@ -53,13 +53,14 @@ pub async fn dispatch<R, W>(
         Request::Ping => ping::serve(writer, peer, principal).await,
         Request::Exec(req) => {
             let command = req.command.clone();
+            let script = req.script.clone();
             let ctx = exec::ExecContext {
                 kill_grace,
                 shutdown,
                 peer_closed,
             };
             let outcome = exec::run(req, reader, writer, ctx).await;
-            audit::command(peer, &principal.key_id, &command, &outcome);
+            audit::command(peer, &principal.key_id, &command, script.as_ref(), &outcome);
         }
         Request::Push(req) => {
             let dest = req.dest.clone();
