@@ -15,6 +15,7 @@ pub mod frame;
 pub mod handshake;
 pub mod keyfile;
 pub mod message;
+pub mod policy;
 pub mod session;
 pub mod transport;
 
