@@ -146,7 +146,7 @@ async fn exec(args: ExecArgs) -> u8 {
     };
     let input = match script {
         Some(bytes) => job::Input::Fixed(bytes.into()),
-        None if !many && !args.no_stdin => job::Input::forward(),
+        None if !many && !args.no_stdin && !stdin::is_dev_null() => job::Input::forward(),
         None if args.stdin => match tokio::task::spawn_blocking(stdin::Replayable::take).await {
             Ok(Ok(replay)) => job::Input::Replay(Arc::new(replay)),
             Ok(Err(e)) => {

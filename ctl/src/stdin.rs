@@ -42,6 +42,21 @@ pub fn forward() -> StdinChunks {
     rx
 }
 
+/// Whether ctl's stdin is `/dev/null`: forwarding it would send nothing, so the command gets
+/// an empty stdin without asking for one (which a key with `no-stdin` refuses).
+pub fn is_dev_null() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: fstat writes into a zeroed stat buffer of the right type; a closed descriptor
+    // only makes it fail.
+    let (rc, st) = unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        (libc::fstat(0, &mut st), st)
+    };
+    rc == 0
+        && st.st_mode & libc::S_IFMT == libc::S_IFCHR
+        && std::fs::metadata("/dev/null").is_ok_and(|null| st.st_rdev == null.rdev())
+}
+
 /// A stdin that delivers `bytes` and then ends.
 pub fn fixed(bytes: Arc<[u8]>) -> StdinChunks {
     let (tx, rx) = mpsc::channel(1);
