@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use rexec_shared::message::ScriptInfo;
 
 use crate::logging::AUDIT;
+use crate::policy::Refusal;
 use crate::request::exec::{KillReason, Outcome};
 use crate::request::push::Outcome as TransferOutcome;
 
@@ -68,6 +69,21 @@ fn describe(outcome: &Outcome) -> String {
         text.push_str(&format!(", error: {error}"));
     }
     text
+}
+
+/// Logs a request that the key's policy refused (nothing was run): peer, key id, what was
+/// asked, the rule and why.
+pub fn refused(peer: SocketAddr, key_id: &str, asked: &str, refusal: &Refusal) {
+    tracing::warn!(
+        target: AUDIT,
+        %peer,
+        key_id,
+        command = asked,
+        status = "refused by policy",
+        rule = refusal.rule,
+        reason = &*refusal.reason,
+        "request refused"
+    );
 }
 
 /// Logs the end of one file transfer: peer, key id, direction, paths, counts, duration.

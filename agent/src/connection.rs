@@ -103,9 +103,15 @@ pub async fn serve(conn: Connection) {
             return;
         }
     };
+    // The policy from the same reading of the key file as the secret that was proved.
+    let policy = ring
+        .entry(key_id)
+        .map(|entry| entry.policy.clone())
+        .unwrap_or_default();
     let ctx = RequestContext {
         peer,
         principal: &principal,
+        policy: &policy,
         kill_grace: config.kill_grace,
         shutdown,
         peer_closed: Box::new(move || peer_closed(fd)),

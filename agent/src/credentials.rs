@@ -12,6 +12,8 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use rexec_shared::keyfile::KeyRing;
+
 /// Most supplementary groups taken for one user (Linux's NGROUPS_MAX is 65536).
 const MAX_GROUPS: usize = 65_536;
 /// Largest buffer offered to getpwnam_r before giving up on an entry.
@@ -130,10 +132,24 @@ impl Switch {
     }
 }
 
-/// Whether this process runs as root, which `user=` needs.
-pub fn agent_is_root() -> bool {
+/// Checks every `user=` of a key file that is about to be put in force: the agent must run as
+/// root, and each user must exist. The error names the file and the line.
+pub fn check_key_users(ring: &KeyRing, path: &Path) -> Result<(), String> {
     // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    let euid = unsafe { libc::geteuid() };
+    for entry in ring.iter() {
+        let Some(name) = &entry.policy.user else {
+            continue;
+        };
+        let at = format!("key file {}, line {}", path.display(), entry.line);
+        if euid != 0 {
+            return Err(format!(
+                "{at}: user={name} needs an agent running as root (this one runs as uid {euid})"
+            ));
+        }
+        Credentials::lookup(name).map_err(|e| format!("{at}: user={name}: {e}"))?;
+    }
+    Ok(())
 }
 
 type PasswdEntry = (libc::uid_t, libc::gid_t, PathBuf, PathBuf);
@@ -230,7 +246,8 @@ mod tests {
 
     #[test]
     fn the_drop_takes_in_a_child_and_cannot_be_undone() {
-        if !agent_is_root() {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
             eprintln!("skipped: dropping privileges needs root");
             return;
         }

@@ -126,7 +126,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let keys = KeyRing::load(&cli.key_file)?;
+    let keys = load_keys(&cli.key_file)?;
     let config = Config {
         max_connections: cli.max_connections,
         max_unauthenticated: cli.max_unauthenticated.min(cli.max_connections),
@@ -169,9 +169,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Reads the key file and checks that the agent can honour every key's options.
+fn load_keys(path: &std::path::Path) -> anyhow::Result<KeyRing> {
+    let ring = KeyRing::load(path)?;
+    credentials::check_key_users(&ring, path).map_err(anyhow::Error::msg)?;
+    Ok(ring)
+}
+
 /// Re-reads the key file; a bad file is refused and the keys in force stay.
 fn reload(store: &KeyStore, path: &std::path::Path) {
-    match KeyRing::load(path) {
+    match load_keys(path) {
         Ok(ring) => {
             let keys = ring.len();
             // Replaced before the line is written, so whoever reads the line can rely on it.
@@ -182,7 +189,7 @@ fn reload(store: &KeyStore, path: &std::path::Path) {
         Err(e) => tracing::error!(
             target: LIFECYCLE,
             key_file = %path.display(),
-            "key file reload refused, keeping the keys in force: {e}"
+            "key file reload refused, keeping the keys in force: {e:#}"
         ),
     }
 }

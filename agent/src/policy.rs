@@ -43,6 +43,14 @@ pub struct Refusal {
 }
 
 impl Refusal {
+    /// A `user=` that cannot be used now (the user was removed since the key file was read).
+    pub fn user(reason: String) -> Self {
+        Self {
+            rule: "user",
+            reason,
+        }
+    }
+
     /// The text sent to the client.
     pub fn message(&self) -> String {
         format!(
@@ -76,6 +84,16 @@ pub fn authorize(caller: Caller<'_>, policy: &Policy, request: Request) -> Resul
                 rule: "command",
                 reason: format!(
                     "key {key_id} runs only its forced command; it may not push or pull files"
+                ),
+            })
+        }
+        // File transfers run in the agent's own threads, which cannot yet take on a user's
+        // rights: refused rather than done as root.
+        Request::Push(_) | Request::Pull(_) if policy.user.is_some() => {
+            return Err(Refusal {
+                rule: "user",
+                reason: format!(
+                    "key {key_id} runs as a user (user=), and this agent cannot yet push or pull files as another user"
                 ),
             })
         }
@@ -232,7 +250,7 @@ mod tests {
         ] {
             let refusal = authorize(caller("192.0.2.1"), &p, request.clone()).unwrap_err();
             assert_eq!(refusal.rule, "command");
-            let grant = authorize(caller("192.0.2.1"), &policy("user=nobody"), request.clone());
+            let grant = authorize(caller("192.0.2.1"), &policy("no-pty"), request.clone());
             assert_eq!(grant.unwrap().request, request);
         }
     }

@@ -7,23 +7,33 @@
 //! command starts. The exec loop and the interactive-session loop share it.
 
 use std::io;
+use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+use crate::credentials::Switch;
 
 /// How often a tree being killed is checked for survivors.
 const GONE_POLL: Duration = Duration::from_millis(20);
 /// How long SIGKILL is given to take effect before a kill is reported as done anyway.
 const KILL_WAIT: Duration = Duration::from_secs(1);
 
-/// Starts `cmd` and returns its leader with the handle on its tree.
+/// Starts `cmd` and returns its leader with the handle on its tree; with `user`, the command
+/// runs as that user (see [`Switch`]).
 ///
 /// `cmd` must make the leader lead a new process group: `process_group(0)` for a command on
 /// pipes, `setsid()` in a pre-exec step for one on a terminal.
-pub fn spawn(cmd: Command) -> io::Result<(tokio::process::Child, Tree)> {
+pub fn spawn(mut cmd: Command, user: Option<Switch>) -> io::Result<(tokio::process::Child, Tree)> {
     // Pre-exec steps run in the forked child, so they use only async-signal-safe calls.
-    // Privilege dropping (setgroups, setgid, setuid) goes here as the last one, after every
-    // step that needs the agent's own rights. (Not with CommandExt::uid/gid: std applies those
-    // before any pre-exec step.)
+    // Privilege dropping is the last one, after every step that needs the agent's own rights.
+    // (Not with CommandExt::uid/gid: std applies those before any pre-exec step, and sets no
+    // supplementary groups.)
+    if let Some(switch) = user {
+        // SAFETY: run_in_child allocates nothing and makes only async-signal-safe calls.
+        unsafe {
+            cmd.pre_exec(move || switch.run_in_child());
+        }
+    }
     let child = tokio::process::Command::from(cmd).spawn()?;
     let leader = child
         .id()

@@ -9,6 +9,8 @@ use rand::rngs::OsRng;
 use rand::RngCore;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
+use crate::policy::Policy;
+
 /// Largest key file read; thousands of keys fit, and a mistaken path to a huge file fails fast.
 pub const MAX_KEY_FILE_LEN: u64 = 1024 * 1024;
 
@@ -74,6 +76,10 @@ pub struct KeyEntry {
     pub id: String,
     /// The pre-shared secret.
     pub secret: Secret,
+    /// What the key may do (the options at the end of its line); unrestricted without any.
+    pub policy: Policy,
+    /// The line of the file it came from (1-based), for messages about it.
+    pub line: usize,
 }
 
 /// The keys of one key file, in file order.
@@ -140,7 +146,7 @@ pub enum KeyFileError {
         /// 1-based line number.
         line: usize,
         /// What is wrong with it.
-        reason: &'static str,
+        reason: String,
     },
     /// No key lines at all.
     #[error("key file {} holds no keys (expected lines of '<key-id> <64 hex digits>')", path.display())]
@@ -207,15 +213,16 @@ impl KeyRing {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let malformed = |reason| KeyFileError::Malformed {
+            let malformed = |reason: &str| KeyFileError::Malformed {
                 path: path.to_owned(),
                 line: index + 1,
-                reason,
+                reason: reason.to_owned(),
             };
-            let mut words = line.split_whitespace();
-            let (Some(id), Some(secret), None) = (words.next(), words.next(), words.next()) else {
+            let (id, rest) = split_word(line);
+            let (secret, options) = split_word(rest);
+            if id.is_empty() || secret.is_empty() {
                 return Err(malformed("expected '<key-id> <secret>'"));
-            };
+            }
             if !valid_key_id(id) {
                 return Err(malformed(
                     "key id must be 1-64 characters of A-Z a-z 0-9 . _ -",
@@ -227,9 +234,12 @@ impl KeyRing {
             if entries.iter().any(|e| e.id == id) {
                 return Err(malformed("key id appears on an earlier line too"));
             }
+            let policy = Policy::parse(options).map_err(|e| malformed(&e.to_string()))?;
             entries.push(KeyEntry {
                 id: id.to_owned(),
                 secret,
+                policy,
+                line: index + 1,
             });
         }
         if entries.is_empty() {
@@ -255,6 +265,11 @@ impl KeyRing {
         self.entries.iter().find(|e| e.id == id)
     }
 
+    /// Every key, in file order.
+    pub fn iter(&self) -> impl Iterator<Item = &KeyEntry> {
+        self.entries.iter()
+    }
+
     /// How many keys the file holds.
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -264,6 +279,13 @@ impl KeyRing {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+}
+
+/// The first whitespace-separated word of `text` and what follows it, leading space trimmed.
+fn split_word(text: &str) -> (&str, &str) {
+    let text = text.trim_start();
+    let end = text.find(char::is_whitespace).unwrap_or(text.len());
+    (&text[..end], text[end..].trim_start())
 }
 
 /// The text of a new key file holding one fresh key named `id`.
@@ -309,7 +331,14 @@ mod tests {
         let good = format!("a {}\n", "1".repeat(64));
         for (bad, reason) in [
             ("a\n", "expected"),
-            (&*format!("a {} extra\n", "1".repeat(64)), "expected"),
+            (
+                &*format!("c {} extra\n", "1".repeat(64)),
+                "unknown option \"extra\"",
+            ),
+            (
+                &*format!("c {} no-pty,\n", "1".repeat(64)),
+                "end with a comma",
+            ),
             ("a 1234\n", "64 hex"),
             (&*format!("a {}\n", "g".repeat(64)), "64 hex"),
             (&*format!("bad/id {}\n", "1".repeat(64)), "key id"),
@@ -324,6 +353,24 @@ mod tests {
             assert!(err.contains("/etc/keys") && err.contains("line 3"), "{err}");
             assert!(err.contains(reason), "{err}");
         }
+    }
+
+    #[test]
+    fn options_after_the_secret_are_the_keys_policy() {
+        let text = format!(
+            "a {}\nb {} user=nobody,command=\"echo  two spaces\",no-stdin\n",
+            "1".repeat(64),
+            "2".repeat(64)
+        );
+        let ring = parse(&text).unwrap();
+        let a = ring.entry("a").unwrap();
+        assert!(a.policy.is_unrestricted());
+        assert_eq!(a.line, 1);
+        let b = ring.entry("b").unwrap();
+        assert_eq!(b.line, 2);
+        assert_eq!(b.policy.user.as_deref(), Some("nobody"));
+        assert_eq!(b.policy.command.as_deref(), Some("echo  two spaces"));
+        assert!(b.policy.no_stdin);
     }
 
     #[test]

@@ -16,3 +16,4 @@ mod hardening;
 mod hardening_faults;
 mod hardening_mitm;
 mod ops;
+mod policy;

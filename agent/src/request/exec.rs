@@ -18,6 +18,7 @@ use tokio::process::{Child, ChildStdin};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::credentials::Credentials;
 use crate::process::{self, Tree};
 
 /// Bytes read from a pipe per frame.
@@ -66,6 +67,8 @@ pub struct ExecContext {
     pub shutdown: watch::Receiver<bool>,
     /// Tells whether the client's socket is closed even while it is not being read.
     pub peer_closed: Box<dyn Fn() -> bool + Send + Sync>,
+    /// The user to run as (the key's `user=`); the agent's own when `None`.
+    pub user: Option<Credentials>,
 }
 
 enum ClientEvent {
@@ -99,7 +102,7 @@ where
         bytes_out: 0,
         duration: Duration::ZERO,
     };
-    let (mut child, tree) = match spawn(&req) {
+    let (mut child, tree) = match spawn(&req, ctx.user.as_ref()) {
         Ok(spawned) => spawned,
         Err(text) => {
             let _ = writer.send_server(&ServerMsg::Error(text.clone())).await;
@@ -295,13 +298,16 @@ async fn read_some<P: AsyncRead + Unpin>(
     }
 }
 
-fn spawn(req: &ExecRequest) -> Result<(Child, Tree), String> {
+fn spawn(req: &ExecRequest, user: Option<&Credentials>) -> Result<(Child, Tree), String> {
     let command = std::ffi::OsStr::from_bytes(&req.command);
     if req.command.contains(&0) {
         return Err("command contains a NUL byte".into());
     }
     let mut cmd = std::process::Command::new("sh");
     cmd.arg("-c").arg(command);
+    if let Some(user) = user {
+        cmd.envs(user.env());
+    }
     for (key, value) in &req.env {
         if key.is_empty() || key.contains(&b'=') || key.contains(&0) || value.contains(&0) {
             return Err(format!(
@@ -314,8 +320,11 @@ fn spawn(req: &ExecRequest) -> Result<(Child, Tree), String> {
             std::ffi::OsStr::from_bytes(value),
         );
     }
-    if let Some(cwd) = &req.cwd {
-        let dir = std::path::Path::new(std::ffi::OsStr::from_bytes(cwd));
+    let cwd = req
+        .cwd
+        .as_ref()
+        .map(|cwd| std::path::Path::new(std::ffi::OsStr::from_bytes(cwd)));
+    if let Some(dir) = cwd {
         match std::fs::metadata(dir) {
             Ok(meta) if meta.is_dir() => {}
             Ok(_) => {
@@ -326,7 +335,9 @@ fn spawn(req: &ExecRequest) -> Result<(Child, Tree), String> {
             }
             Err(e) => return Err(format!("cannot change to {}: {e}", dir.display())),
         }
-        cmd.current_dir(dir);
+        if user.is_none() {
+            cmd.current_dir(dir);
+        }
     }
     cmd.stdin(if req.stdin {
         Stdio::piped()
@@ -336,7 +347,19 @@ fn spawn(req: &ExecRequest) -> Result<(Child, Tree), String> {
     .stdout(Stdio::piped())
     .stderr(Stdio::piped())
     .process_group(0);
-    process::spawn(cmd).map_err(|e| format!("cannot start sh: {e}"))
+    match user {
+        None => process::spawn(cmd, None).map_err(|e| format!("cannot start sh: {e}")),
+        // The directory is entered after the drop, with the user's rights, not the agent's.
+        Some(user) => {
+            let switch = user.switch(cwd)?;
+            let place = cwd.map_or_else(
+                || format!("{} (its home)", user.home.display()),
+                |d| d.display().to_string(),
+            );
+            process::spawn(cmd, Some(switch))
+                .map_err(|e| format!("cannot start sh as user {} in {place}: {e}", user.name))
+        }
+    }
 }
 
 /// Reads the client's messages while the command runs: stdin goes to the command, a cancel or
@@ -498,6 +521,7 @@ mod tests {
             kill_grace: Duration::from_millis(500),
             shutdown,
             peer_closed: Box::new(|| false),
+            user: None,
         };
         let req = ExecRequest {
             command: b"echo $$; while :; do echo more; done".to_vec(),

@@ -1,6 +1,6 @@
 //! The agent's capabilities: one module per kind of [`Request`], and [`dispatch`], the one
-//! place an authenticated connection's request is routed (and where per-key policy will be
-//! checked).
+//! place an authenticated connection's request is routed, after the key's policy
+//! ([`crate::policy::authorize`]) has let it through.
 
 pub mod exec;
 mod ping;
@@ -11,12 +11,15 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use rexec_shared::handshake::Principal;
-use rexec_shared::message::Request;
+use rexec_shared::message::{Request, ServerMsg};
+use rexec_shared::policy::Policy;
 use rexec_shared::transport::{SealedReader, SealedWriter};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
 use crate::audit;
+use crate::credentials::Credentials;
+use crate::policy::{self, Caller, Refusal};
 
 /// What serving a request needs from its connection and from the agent.
 pub struct RequestContext<'a> {
@@ -24,6 +27,8 @@ pub struct RequestContext<'a> {
     pub peer: SocketAddr,
     /// Who the client proved to be.
     pub principal: &'a Principal,
+    /// What that key may do.
+    pub policy: &'a Policy,
     /// Time between SIGTERM and SIGKILL when a command is killed.
     pub kill_grace: Duration,
     /// Becomes true when the agent shuts down.
@@ -36,7 +41,7 @@ pub struct RequestContext<'a> {
 pub async fn dispatch<R, W>(
     request: Request,
     reader: SealedReader<R>,
-    writer: SealedWriter<W>,
+    mut writer: SealedWriter<W>,
     ctx: RequestContext<'_>,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
@@ -45,10 +50,26 @@ pub async fn dispatch<R, W>(
     let RequestContext {
         peer,
         principal,
+        policy,
         kill_grace,
         shutdown,
         peer_closed,
     } = ctx;
+    let caller = Caller {
+        key_id: &principal.key_id,
+        peer: peer.ip(),
+    };
+    let (request, user) = match permit(caller, policy, request).await {
+        Ok(permitted) => permitted,
+        Err((refusal, asked)) => {
+            audit::refused(peer, &principal.key_id, &asked, &refusal);
+            let _ = writer
+                .send_server(&ServerMsg::Error(refusal.message()))
+                .await;
+            let _ = writer.shutdown().await;
+            return;
+        }
+    };
     match request {
         Request::Ping => ping::serve(writer, peer, principal).await,
         Request::Exec(req) => {
@@ -58,6 +79,7 @@ pub async fn dispatch<R, W>(
                 kill_grace,
                 shutdown,
                 peer_closed,
+                user,
             };
             let outcome = exec::run(req, reader, writer, ctx).await;
             audit::command(peer, &principal.key_id, &command, script.as_ref(), &outcome);
@@ -71,6 +93,41 @@ pub async fn dispatch<R, W>(
             let paths = req.paths.clone();
             let outcome = pull::run(req, reader, writer, shutdown).await;
             audit::transfer(peer, &principal.key_id, "pull", &paths, &outcome);
+        }
+    }
+}
+
+/// Puts `request` through the key's policy and resolves the user it is to run as; a refusal
+/// comes back with a description of what was asked, for the audit record.
+async fn permit(
+    caller: Caller<'_>,
+    policy: &Policy,
+    request: Request,
+) -> Result<(Request, Option<Credentials>), (Refusal, String)> {
+    let asked = describe(&request);
+    let grant = policy::authorize(caller, policy, request).map_err(|r| (r, asked.clone()))?;
+    let Some(name) = grant.user else {
+        return Ok((grant.request, None));
+    };
+    // The user database may be a network service: look it up off the runtime's threads.
+    let lookup = tokio::task::spawn_blocking(move || Credentials::lookup(&name)).await;
+    match lookup {
+        Ok(Ok(user)) => Ok((grant.request, Some(user))),
+        Ok(Err(why)) => Err((Refusal::user(why), asked)),
+        Err(e) => Err((Refusal::user(format!("user lookup failed: {e}")), asked)),
+    }
+}
+
+/// What a request asks for, in one line for the audit record.
+fn describe(request: &Request) -> String {
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    match request {
+        Request::Ping => "ping".into(),
+        Request::Exec(req) => text(&req.command),
+        Request::Push(req) => format!("push to {}", text(&req.dest)),
+        Request::Pull(req) => {
+            let paths: Vec<String> = req.paths.iter().map(|p| text(p)).collect();
+            format!("pull {}", paths.join(" "))
         }
     }
 }

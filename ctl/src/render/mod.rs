@@ -95,12 +95,17 @@ pub fn is_tty(fd: i32) -> bool {
 pub fn diagnosis(target: &Target, outcome: &Outcome, timeout: Option<Duration>) -> Option<String> {
     match &outcome.ending {
         Ending::Failed(failure) => Some(format!("ctl: {target}: {failure}\n")),
-        Ending::TimedOut(_) | Ending::Unanswered => {
-            let secs = timeout.map_or(0.0, |t| t.as_secs_f64());
-            Some(format!(
-                "ctl: {target}: command timed out after {secs}s; its process group was killed\n"
-            ))
-        }
+        Ending::TimedOut(_) | Ending::Unanswered => match timeout {
+            // The connection's time includes connecting, so it is never shorter than the
+            // command's: shorter than --timeout means the agent applied a shorter limit.
+            Some(t) if outcome.duration >= t => Some(format!(
+                "ctl: {target}: command timed out after {}s; its process group was killed\n",
+                t.as_secs_f64()
+            )),
+            _ => Some(format!(
+                "ctl: {target}: command timed out at the agent's limit for this key (max-timeout); its process group was killed\n"
+            )),
+        },
         Ending::Exited(_) | Ending::Killed(_) => None,
     }
 }
