@@ -46,7 +46,8 @@ use crate::logging::LIFECYCLE;
 #[derive(Debug, Parser)]
 #[command(version, about, long_about, max_term_width = 100, after_help = AFTER_HELP)]
 struct Cli {
-    /// Key file: lines of `<key-id> <64 hex digits>`; must not be readable by group or others.
+    /// Key file: lines of `<key-id> <64 hex digits> [options]` (user=, from=, command=, no-stdin,
+    /// no-pty, max-timeout=); must not be readable by group or others.
     #[arg(long, value_name = "PATH")]
     key_file: PathBuf,
 
