@@ -22,6 +22,31 @@ pub struct Config {
     pub shutdown_grace: Duration,
 }
 
+/// Sizes and times inside one exec. The exec module takes them as constants from
+/// [`ExecLimits::DEFAULT`] for now; none is a command-line option yet.
+#[derive(Debug, Clone, Copy)]
+pub struct ExecLimits {
+    /// Bytes read from a command's pipe per frame.
+    pub chunk: usize,
+    /// After the command exits, stop draining its pipes once they stay quiet this long...
+    pub drain_idle: Duration,
+    /// ...or once this much time in all was spent waiting on them (time spent sending to a slow
+    /// client does not count, so output the command wrote before it exited is never cut).
+    pub drain_budget: Duration,
+    /// How often a stalled stdin write checks whether the client is still there.
+    pub liveness_probe: Duration,
+}
+
+impl ExecLimits {
+    /// The defaults; a `const` so that the exec module can take its sizes from here.
+    pub const DEFAULT: Self = Self {
+        chunk: 256 * 1024,
+        drain_idle: Duration::from_millis(100),
+        drain_budget: Duration::from_secs(2),
+        liveness_probe: Duration::from_secs(1),
+    };
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {

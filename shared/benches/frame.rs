@@ -4,6 +4,9 @@
 //! nothing beside the AEAD (see the `seal` bench); these figures catch a regression that
 //! makes it copy or allocate per frame.
 
+// Test code: a failed expectation is a failed test, so unwrap, expect and panic are the point.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};

@@ -6,6 +6,9 @@
 //! bulk output costs, the small ones what interactive output costs. bench/run.sh turns the
 //! results into MB/s in docs/benchmarks.md.
 
+// Test code: a failed expectation is a failed test, so unwrap, expect and panic are the point.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::hint::black_box;
 
 use aes_gcm::aead::{AeadInPlace, KeyInit, Nonce};

@@ -133,7 +133,7 @@ impl Sealer {
     }
 
     /// Test hook: moves the counter, to exercise the wrap guard without sealing 2^64 frames.
-    #[doc(hidden)]
+    #[cfg(any(test, feature = "test-hooks"))]
     pub fn set_counter_for_test(&mut self, counter: u64) {
         self.0.counter = counter;
     }
@@ -170,7 +170,7 @@ impl Opener {
     }
 
     /// Test hook: moves the counter, to exercise the wrap guard without opening 2^64 frames.
-    #[doc(hidden)]
+    #[cfg(any(test, feature = "test-hooks"))]
     pub fn set_counter_for_test(&mut self, counter: u64) {
         self.0.counter = counter;
     }

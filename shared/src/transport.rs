@@ -138,7 +138,7 @@ impl<R: AsyncRead + Unpin> SealedReader<R> {
     }
 
     /// Test hook: see [`Opener::set_counter_for_test`].
-    #[doc(hidden)]
+    #[cfg(any(test, feature = "test-hooks"))]
     pub fn set_counter_for_test(&mut self, counter: u64) {
         self.opener.set_counter_for_test(counter);
     }
@@ -230,7 +230,7 @@ impl<W: AsyncWrite + Unpin> SealedWriter<W> {
     }
 
     /// Test hook: see [`Sealer::set_counter_for_test`].
-    #[doc(hidden)]
+    #[cfg(any(test, feature = "test-hooks"))]
     pub fn set_counter_for_test(&mut self, counter: u64) {
         self.sealer.set_counter_for_test(counter);
     }

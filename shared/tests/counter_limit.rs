@@ -2,6 +2,9 @@
 //! over an in-memory pipe, then frames until the counter runs out. The connection must end with
 //! `CounterExhausted` on the side that would wrap, and no nonce may ever be used twice.
 
+// Test code: a failed expectation is a failed test, so unwrap, expect and panic are the point.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::Path;
 
 use rexec_shared::handshake::ServerHandshake;

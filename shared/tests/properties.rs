@@ -2,6 +2,9 @@
 //! the handshake steps and the sealed session. Arbitrary bytes never panic, every encoded value
 //! decodes to itself, and whatever decodes re-encodes to the same bytes.
 
+// Test code: a failed expectation is a failed test, so unwrap, expect and panic are the point.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};

@@ -1,5 +1,8 @@
 //! Integration tests: the real `agent` and `ctl` binaries on loopback.
 
+// Test code: a failed expectation is a failed test, so unwrap, expect and panic are the point.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod proxy;
 mod rawclient;
 mod util;

@@ -18,18 +18,15 @@ use tokio::process::{Child, ChildStdin};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::config::ExecLimits;
 use crate::credentials::Credentials;
 use crate::process::{self, Tree};
 
-/// Bytes read from a pipe per frame.
-const CHUNK: usize = 256 * 1024;
-/// After the command exits, stop draining its pipes once they stay quiet this long...
-const DRAIN_IDLE: Duration = Duration::from_millis(100);
-/// ...or once this much time in all was spent waiting on them (time spent sending to a slow
-/// client does not count, so output the command wrote before it exited is never cut).
-const DRAIN_BUDGET: Duration = Duration::from_secs(2);
-/// How often a stalled stdin write checks whether the client is still there.
-const LIVENESS_PROBE: Duration = Duration::from_secs(1);
+// Sizes and times are defined, with their reasons, in crate::config::ExecLimits.
+const CHUNK: usize = ExecLimits::DEFAULT.chunk;
+const DRAIN_IDLE: Duration = ExecLimits::DEFAULT.drain_idle;
+const DRAIN_BUDGET: Duration = ExecLimits::DEFAULT.drain_budget;
+const LIVENESS_PROBE: Duration = ExecLimits::DEFAULT.liveness_probe;
 
 /// Why the agent decided to end a command's process group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
