@@ -9,7 +9,7 @@
 
 use std::ffi::{CStr, CString, OsStr, OsString};
 use std::io;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use rexec_shared::keyfile::KeyRing;
@@ -62,6 +62,52 @@ impl Credentials {
             ("LOGNAME", self.name.clone().into()),
             ("SHELL", self.shell.clone().into_os_string()),
         ]
+    }
+
+    /// Takes on this user's ids and groups on the calling thread only, for a file transfer's
+    /// thread of its own: raw system calls, since glibc's wrappers change every thread of the
+    /// process. There is no way back, so the thread must end with its transfer. (The working
+    /// directory is shared by all threads and stays as it is.)
+    pub fn enter_on_this_thread(&self) -> Result<(), String> {
+        let fail = |step: &str| {
+            format!(
+                "cannot take on the rights of user {} ({step}): {}",
+                self.name,
+                io::Error::last_os_error()
+            )
+        };
+        // SAFETY: plain system calls on owned, initialised data; they change only the calling
+        // thread's credentials.
+        unsafe {
+            if libc::syscall(libc::SYS_setgroups, self.groups.len(), self.groups.as_ptr()) != 0 {
+                return Err(fail("setgroups"));
+            }
+            if libc::syscall(libc::SYS_setresgid, self.gid, self.gid, self.gid) != 0 {
+                return Err(fail("setresgid"));
+            }
+            if libc::syscall(libc::SYS_setresuid, self.uid, self.uid, self.uid) != 0 {
+                return Err(fail("setresuid"));
+            }
+            // getuid and friends are plain system calls too, so they read this thread's ids.
+            let dropped = libc::getuid() == self.uid
+                && libc::geteuid() == self.uid
+                && libc::getgid() == self.gid
+                && libc::getegid() == self.gid;
+            if !dropped || (self.uid != 0 && libc::syscall(libc::SYS_setresuid, 0, 0, 0) == 0) {
+                return Err(format!(
+                    "cannot take on the rights of user {}: the ids did not change as asked",
+                    self.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `path` as this user means it: a relative path is taken from the home directory, as the
+    /// user's commands start there.
+    pub fn resolve(&self, path: &[u8]) -> Vec<u8> {
+        let path = Path::new(OsStr::from_bytes(path));
+        self.home.join(path).into_os_string().into_vec()
     }
 
     /// Prepares the step that runs in the child: drop to this user, then change to `cwd`, or
@@ -284,5 +330,43 @@ mod tests {
         }
         let err = cmd.spawn().unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::ENOENT), "{err}");
+    }
+
+    #[test]
+    fn a_thread_takes_on_the_user_alone() {
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: dropping privileges needs root");
+            return;
+        }
+        let Ok(nobody) = Credentials::lookup("nobody") else {
+            eprintln!("skipped: this host has no user nobody");
+            return;
+        };
+        let ids = std::thread::spawn(move || {
+            nobody.enter_on_this_thread().unwrap();
+            // SAFETY: no preconditions.
+            let ids = unsafe { (libc::getuid(), libc::geteuid()) };
+            let readable = std::fs::File::open("/etc/shadow").is_ok();
+            (ids, readable)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(ids, ((65534, 65534), false));
+        // SAFETY: no preconditions.
+        assert_eq!(unsafe { libc::geteuid() }, 0, "the other threads stay root");
+    }
+
+    #[test]
+    fn relative_paths_start_at_home() {
+        let user = Credentials {
+            name: "u".into(),
+            uid: 1,
+            gid: 1,
+            groups: vec![1],
+            home: "/home/u".into(),
+            shell: "/bin/sh".into(),
+        };
+        assert_eq!(user.resolve(b"notes/a"), b"/home/u/notes/a");
+        assert_eq!(user.resolve(b"/etc/hosts"), b"/etc/hosts");
     }
 }

@@ -441,3 +441,67 @@ fn sighup_with_a_bad_option_keeps_the_policy_in_force() {
     run.expect_code(0);
     assert_eq!(run.out(), "x");
 }
+
+#[test]
+fn push_and_pull_under_user_have_that_users_rights() {
+    if !can_switch_users("push_and_pull_under_user_have_that_users_rights") {
+        return;
+    }
+    let base = scratch();
+    std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let home = base.path().join("home");
+    let Some(user) = TempUser::create(&home) else {
+        eprintln!("skipped push_and_pull_under_user_have_that_users_rights: useradd failed");
+        return;
+    };
+    let (agent, client) = agent_with(&format!("user={}", user.name));
+    std::fs::set_permissions(agent.dir.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod the key directory");
+    let local = scratch();
+    let src = local.path().join("notes.txt");
+    std::fs::write(&src, b"pushed\n").expect("write");
+    let copy = |verb: &str, args: &[&str]| {
+        let mut all: Vec<std::ffi::OsString> =
+            vec![verb.into(), "--key-file".into(), client.as_os_str().into()];
+        all.push(agent.target().into());
+        all.extend(args.iter().map(Into::into));
+        ctl(all).run()
+    };
+    let src_s = src.display().to_string();
+
+    // A relative destination is in the user's home, and the file is the user's.
+    copy("push", &[&src_s, "notes.txt"]).expect_code(0);
+    let pushed = home.join("notes.txt");
+    assert_eq!(std::fs::read(&pushed).expect("pushed file"), b"pushed\n");
+    let owner = Command::new("stat")
+        .args(["-c", "%U"])
+        .arg(&pushed)
+        .output()
+        .expect("stat");
+    assert_eq!(String::from_utf8_lossy(&owner.stdout).trim(), user.name);
+
+    // Where the user may not write, the push fails, and nothing appears there.
+    let root_only = base.path().join("root-only");
+    std::fs::create_dir(&root_only).expect("mkdir");
+    let run = copy("push", &[&src_s, &format!("{}/", root_only.display())]);
+    run.expect_code(1);
+    assert!(run.err().contains("Permission denied"), "{run}");
+    assert!(!root_only.join("notes.txt").exists());
+
+    // A pull reads as the user: its own file comes, the agent's key file does not.
+    let got = scratch();
+    let got_s = got.path().display().to_string();
+    copy("pull", &["notes.txt", &got_s]).expect_code(0);
+    assert_eq!(
+        std::fs::read(got.path().join("notes.txt")).expect("pulled"),
+        b"pushed\n"
+    );
+    let keys = agent.key_file.display().to_string();
+    let run = copy("pull", &[&keys, &got_s]);
+    run.expect_code(1);
+    assert!(
+        run.err().to_lowercase().contains("permission denied"),
+        "{run}"
+    );
+    assert!(!got.path().join("keys").exists(), "the key file was pulled");
+}

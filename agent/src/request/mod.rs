@@ -86,12 +86,12 @@ pub async fn dispatch<R, W>(
         }
         Request::Push(req) => {
             let dest = req.dest.clone();
-            let outcome = push::run(req, reader, writer, shutdown).await;
+            let outcome = push::run(req, reader, writer, shutdown, user).await;
             audit::transfer(peer, &principal.key_id, "push", &[dest], &outcome);
         }
         Request::Pull(req) => {
             let paths = req.paths.clone();
-            let outcome = pull::run(req, reader, writer, shutdown).await;
+            let outcome = pull::run(req, reader, writer, shutdown, user).await;
             audit::transfer(peer, &principal.key_id, "pull", &paths, &outcome);
         }
     }

@@ -9,10 +9,13 @@ use std::time::Instant;
 
 use rexec_shared::files::source::{self, Event};
 use rexec_shared::files::wire::{FileError, PullRequest};
+use rexec_shared::files::Enter;
 use rexec_shared::message::ServerMsg;
 use rexec_shared::transport::{SealedReader, SealedWriter};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
+
+use crate::credentials::Credentials;
 
 use super::push::Outcome;
 
@@ -22,6 +25,7 @@ pub async fn run<R, W>(
     mut reader: SealedReader<R>,
     mut writer: SealedWriter<W>,
     mut shutdown: watch::Receiver<bool>,
+    user: Option<Credentials>,
 ) -> Outcome
 where
     R: AsyncRead + Unpin,
@@ -29,7 +33,16 @@ where
 {
     let started = Instant::now();
     let mut outcome = Outcome::default();
-    let mut events = match source::spawn(req.paths, req.recursive) {
+    // Read on the reader's thread with the user's rights under `user=`.
+    let (paths, enter) = match user {
+        Some(user) => {
+            let paths = req.paths.iter().map(|p| user.resolve(p)).collect();
+            let enter: Enter = Box::new(move || user.enter_on_this_thread());
+            (paths, Some(enter))
+        }
+        None => (req.paths, None),
+    };
+    let mut events = match source::spawn(paths, req.recursive, enter).await {
         Ok(rx) => rx,
         Err(text) => {
             let _ = writer.send_server(&ServerMsg::Error(text.clone())).await;

@@ -1,10 +1,10 @@
 //! `Push`: writes the tree the client streams under the request's destination.
 //!
 //! The writing itself is [`rexec_shared::files::sink`], on a thread of its own per transfer
-//! (atomic files, nothing followed below the destination). That thread is the one place a
-//! key's `user=` credentials need to attach for pushed files to be written with that user's
-//! rights. This module resolves the destination, moves messages between the socket and the
-//! thread, and reports.
+//! (atomic files, nothing followed below the destination). Under a key's `user=` that thread
+//! takes on the user's rights before it looks at the destination, so pushed files are written
+//! with those rights and owned by that user. This module resolves the destination, moves
+//! messages between the socket and the thread, and reports.
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -17,6 +17,8 @@ use rexec_shared::message::{ServerMsg, StreamMsg};
 use rexec_shared::transport::{SealedReader, SealedWriter};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
+
+use crate::credentials::Credentials;
 
 /// How one transfer ended, for the audit log.
 #[derive(Debug, Default)]
@@ -91,6 +93,7 @@ pub async fn run<R, W>(
     mut reader: SealedReader<R>,
     mut writer: SealedWriter<W>,
     mut shutdown: watch::Receiver<bool>,
+    user: Option<Credentials>,
 ) -> Outcome
 where
     R: AsyncRead + Unpin,
@@ -98,7 +101,22 @@ where
 {
     let started = Instant::now();
     let mut outcome = Outcome::default();
-    let handle = destination(&req).and_then(sink::spawn);
+    // The destination is looked at and written on the writer's thread, with the user's rights
+    // under `user=`.
+    let prepare = {
+        let req = req.clone();
+        move || {
+            if let Some(user) = &user {
+                user.enter_on_this_thread()?;
+                return destination(&PushRequest {
+                    dest: user.resolve(&req.dest),
+                    ..req
+                });
+            }
+            destination(&req)
+        }
+    };
+    let handle = sink::spawn(prepare).await;
     let mut handle = match handle {
         Ok(handle) => handle,
         Err(text) => {

@@ -79,7 +79,7 @@ impl Hub {
     }
 
     async fn pass(self: Arc<Self>, mut subscribers: Vec<mpsc::Sender<Event>>, first: bool) {
-        match source::spawn(self.paths.clone(), self.recursive) {
+        match source::spawn(self.paths.clone(), self.recursive, None).await {
             Ok(mut events) => {
                 while let Some(event) = events.recv().await {
                     if let (true, Event::Failed { message, .. }) = (first, &event) {

@@ -36,7 +36,7 @@ pub async fn run(
         keep_times,
         links: Links::Inside,
     };
-    let mut handle = match sink::spawn(options) {
+    let mut handle = match sink::spawn(move || Ok(options)).await {
         Ok(handle) => handle,
         Err(message) => {
             let message = safe(&message);

@@ -24,7 +24,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::path::{self, display};
 use super::wire::{EntryKind, FileEnd, FileHeader, TransferDone};
@@ -114,24 +114,44 @@ impl Handle {
     }
 }
 
-/// Opens `options.root` and starts the writer thread.
-pub fn spawn(options: Options) -> Result<Handle, String> {
-    let root = open_root(&options.root)?;
+/// Starts the writer thread, which runs `prepare` (where the agent takes on a user's rights
+/// and works out the destination) and opens the options' root before it takes operations.
+pub async fn spawn<P>(prepare: P) -> Result<Handle, String>
+where
+    P: FnOnce() -> Result<Options, String> + Send + 'static,
+{
     let (ops_tx, ops) = mpsc::channel(OPS_QUEUED);
     let (events_tx, events) = mpsc::channel(EVENTS_QUEUED);
-    let writer = Writer {
-        options,
-        root,
-        top: None,
-        dirs: Vec::new(),
-        current: Current::Idle,
-        done: TransferDone::default(),
-        events: events_tx,
-    };
+    let (ready_tx, ready) = oneshot::channel();
     std::thread::Builder::new()
         .name("rexec-sink".into())
-        .spawn(move || writer.run(ops))
+        .spawn(move || {
+            let started = prepare().and_then(|options| {
+                let root = open_root(&options.root)?;
+                Ok(Writer {
+                    options,
+                    root,
+                    top: None,
+                    dirs: Vec::new(),
+                    current: Current::Idle,
+                    done: TransferDone::default(),
+                    events: events_tx,
+                })
+            });
+            match started {
+                Ok(writer) => {
+                    let _ = ready_tx.send(Ok(()));
+                    writer.run(ops);
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            }
+        })
         .map_err(|e| format!("cannot start a writer thread: {e}"))?;
+    ready
+        .await
+        .map_err(|_| "the writer thread ended before it started".to_owned())??;
     Ok(Handle {
         ops: ops_tx,
         events,
@@ -741,7 +761,7 @@ mod tests {
             let Handle {
                 ops: tx,
                 mut events,
-            } = spawn(options).unwrap();
+            } = spawn(move || Ok(options)).await.unwrap();
             for op in ops {
                 tx.send(op).await.unwrap();
             }
@@ -943,10 +963,19 @@ mod tests {
     #[test]
     fn a_missing_or_unwritable_destination_is_named() {
         let dir = tempfile::tempdir().unwrap();
-        let Err(e) = spawn(options(&dir.path().join("nope"))) else {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let missing = options(&dir.path().join("nope"));
+        let Err(e) = rt.block_on(spawn(move || Ok(missing))) else {
             panic!("a missing root is refused")
         };
         assert!(e.contains("does not exist"), "{e}");
+        // What the prepare step refuses never starts a transfer.
+        let Err(e) = rt.block_on(spawn(|| Err("no rights".to_owned()))) else {
+            panic!("a failed prepare step is refused")
+        };
+        assert_eq!(e, "no rights");
         let events = run(
             options(dir.path()),
             send_file(b"no/such/f", b"x", 0o644),

@@ -17,11 +17,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::path::display;
 use super::wire::{EntryKind, FileEnd, FileHeader, TransferDone};
-use super::CHUNK;
+use super::{Enter, CHUNK};
 
 /// Events queued ahead of the receiver: a few chunks.
 const QUEUED: usize = 4;
@@ -47,9 +47,15 @@ pub enum Event {
     Done(TransferDone),
 }
 
-/// Starts reading `paths` (local paths; directories and their trees with `recursive`).
-pub fn spawn(paths: Vec<Vec<u8>>, recursive: bool) -> Result<mpsc::Receiver<Event>, String> {
+/// Starts reading `paths` (local paths; directories and their trees with `recursive`) on a
+/// thread of its own, after running `enter` there.
+pub async fn spawn(
+    paths: Vec<Vec<u8>>,
+    recursive: bool,
+    enter: Option<Enter>,
+) -> Result<mpsc::Receiver<Event>, String> {
     let (tx, rx) = mpsc::channel(QUEUED);
+    let (ready_tx, ready) = oneshot::channel();
     let mut walker = Walker {
         tx,
         recursive,
@@ -58,6 +64,12 @@ pub fn spawn(paths: Vec<Vec<u8>>, recursive: bool) -> Result<mpsc::Receiver<Even
     std::thread::Builder::new()
         .name("rexec-source".into())
         .spawn(move || {
+            let entered = enter.map_or(Ok(()), |enter| enter());
+            let failed = entered.is_err();
+            let _ = ready_tx.send(entered);
+            if failed {
+                return;
+            }
             for path in &paths {
                 if walker.top(path).is_err() {
                     return;
@@ -66,6 +78,9 @@ pub fn spawn(paths: Vec<Vec<u8>>, recursive: bool) -> Result<mpsc::Receiver<Even
             let _ = walker.tx.blocking_send(Event::Done(walker.done));
         })
         .map_err(|e| format!("cannot start a reader thread: {e}"))?;
+    ready
+        .await
+        .map_err(|_| "the reader thread ended before it started".to_owned())??;
     Ok(rx)
 }
 
@@ -301,7 +316,7 @@ mod tests {
             .map(|p| p.as_os_str().as_bytes().to_vec())
             .collect();
         rt.block_on(async move {
-            let mut rx = spawn(paths, recursive).unwrap();
+            let mut rx = spawn(paths, recursive, None).await.unwrap();
             let mut seen = Vec::new();
             while let Some(e) = rx.recv().await {
                 seen.push(e);
