@@ -63,6 +63,8 @@ impl Refusal {
 /// Decides what `caller` may do with `request` under `policy`.
 pub fn authorize(caller: Caller<'_>, policy: &Policy, request: Request) -> Result<Grant, Refusal> {
     let Caller { key_id, peer } = caller;
+    // An IPv4 peer on a dual-stack socket arrives as ::ffff:a.b.c.d; it is named as IPv4.
+    let peer = peer.to_canonical();
     if !policy.admits(peer) {
         let from = policy
             .from
@@ -203,6 +205,15 @@ mod tests {
         }
         let p = policy("from=127.0.0.0/8");
         assert!(authorize(caller("::ffff:127.0.0.1"), &p, Request::Ping).is_ok());
+        let refusal = authorize(
+            caller("::ffff:127.0.0.1"),
+            &policy("from=::1"),
+            Request::Ping,
+        );
+        assert!(
+            refusal.unwrap_err().reason.ends_with("not from 127.0.0.1"),
+            "a mapped peer is named as IPv4"
+        );
     }
 
     #[test]

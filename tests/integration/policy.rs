@@ -260,6 +260,50 @@ fn from_refuses_other_sources_and_accepts_listed_ones() {
 }
 
 #[test]
+fn from_takes_ipv6_and_compares_an_ipv4_mapped_peer_as_ipv4() {
+    let dir = scratch();
+    let (v4, v6) = (key_line("v4"), key_line("v6"));
+    let v4_key = write_key_file(dir.path(), "v4.key", &v4);
+    let v6_key = write_key_file(dir.path(), "v6.key", &v6);
+    let text = format!(
+        "{} from=127.0.0.0/8\n{} from=::1\n",
+        v4.trim_end(),
+        v6.trim_end()
+    );
+    let keys = write_key_file(dir.path(), "keys", &text);
+    let run = |agent: &Agent, key: &Path, target: &str| {
+        ctl([
+            "exec".as_ref(),
+            "-n".as_ref(),
+            "--key-file".as_ref(),
+            key.as_os_str(),
+            target.as_ref(),
+            "echo in".as_ref(),
+        ])
+        .run()
+    };
+
+    // An IPv6 socket bound to the IPv4-mapped loopback sees 127.0.0.1 as ::ffff:127.0.0.1.
+    let mapped = Agent::start_on("[::ffff:127.0.0.1]:0", dir, keys, &[]);
+    let target = format!("127.0.0.1:{}", mapped.addr.port());
+    run(&mapped, &v4_key, &target).expect_code(0);
+    let refused = run(&mapped, &v6_key, &target);
+    expect_refused(&refused, "from");
+    assert!(refused.err().contains("not from 127.0.0.1"), "{refused}");
+
+    // Over IPv6 loopback, ::1 is the peer.
+    let dir = scratch();
+    let keys = write_key_file(dir.path(), "keys", &text);
+    let v6_agent = Agent::start_on("[::1]:0", dir, keys, &[]);
+    let target = v6_agent.target();
+    run(&v6_agent, &v6_key, &target).expect_code(0);
+    let refused = run(&v6_agent, &v4_key, &target);
+    expect_refused(&refused, "from");
+    assert!(refused.err().contains("not from ::1"), "{refused}");
+    refusal_audit(&v6_agent, "from");
+}
+
+#[test]
 fn a_forced_command_runs_whatever_was_asked_and_sees_the_original() {
     let (agent, client) =
         agent_with(r#"command="echo forced; echo \"asked: $REXEC_ORIGINAL_COMMAND\"""#);

@@ -321,7 +321,9 @@ fn spawn(req: &ExecRequest, user: Option<&Credentials>) -> Result<(Child, Tree),
         .cwd
         .as_ref()
         .map(|cwd| std::path::Path::new(std::ffi::OsStr::from_bytes(cwd)));
-    if let Some(dir) = cwd {
+    // Under user= the directory is only looked at by the child, after the drop: the agent's
+    // rights must not tell the client about a directory its user cannot see.
+    if let (Some(dir), None) = (cwd, user) {
         match std::fs::metadata(dir) {
             Ok(meta) if meta.is_dir() => {}
             Ok(_) => {
@@ -332,9 +334,7 @@ fn spawn(req: &ExecRequest, user: Option<&Credentials>) -> Result<(Child, Tree),
             }
             Err(e) => return Err(format!("cannot change to {}: {e}", dir.display())),
         }
-        if user.is_none() {
-            cmd.current_dir(dir);
-        }
+        cmd.current_dir(dir);
     }
     cmd.stdin(if req.stdin {
         Stdio::piped()
