@@ -271,7 +271,7 @@ fn from_takes_ipv6_and_compares_an_ipv4_mapped_peer_as_ipv4() {
         v6.trim_end()
     );
     let keys = write_key_file(dir.path(), "keys", &text);
-    let run = |agent: &Agent, key: &Path, target: &str| {
+    let run = |key: &Path, target: &str| {
         ctl([
             "exec".as_ref(),
             "-n".as_ref(),
@@ -286,8 +286,8 @@ fn from_takes_ipv6_and_compares_an_ipv4_mapped_peer_as_ipv4() {
     // An IPv6 socket bound to the IPv4-mapped loopback sees 127.0.0.1 as ::ffff:127.0.0.1.
     let mapped = Agent::start_on("[::ffff:127.0.0.1]:0", dir, keys, &[]);
     let target = format!("127.0.0.1:{}", mapped.addr.port());
-    run(&mapped, &v4_key, &target).expect_code(0);
-    let refused = run(&mapped, &v6_key, &target);
+    run(&v4_key, &target).expect_code(0);
+    let refused = run(&v6_key, &target);
     expect_refused(&refused, "from");
     assert!(refused.err().contains("not from 127.0.0.1"), "{refused}");
 
@@ -296,8 +296,8 @@ fn from_takes_ipv6_and_compares_an_ipv4_mapped_peer_as_ipv4() {
     let keys = write_key_file(dir.path(), "keys", &text);
     let v6_agent = Agent::start_on("[::1]:0", dir, keys, &[]);
     let target = v6_agent.target();
-    run(&v6_agent, &v6_key, &target).expect_code(0);
-    let refused = run(&v6_agent, &v4_key, &target);
+    run(&v6_key, &target).expect_code(0);
+    let refused = run(&v4_key, &target);
     expect_refused(&refused, "from");
     assert!(refused.err().contains("not from ::1"), "{refused}");
     refusal_audit(&v6_agent, "from");
