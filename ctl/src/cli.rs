@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use rexec_shared::cli::parse_secs;
-use rexec_shared::DEFAULT_PORT;
 
 /// Run shell commands on remote agents over an authenticated, encrypted channel.
 #[derive(Debug, Parser)]
@@ -19,13 +18,14 @@ pub struct Cli {
 }
 
 const EXIT_CODES: &str = "\
-Exit status of `ctl exec`:
+Exit status (ctl exec, ping, keygen):
   N        the remote command's exit code (the highest of all targets' statuses)
   128+N    the remote command was killed by signal N
   124      --timeout ran out (the remote process group was killed)
   130/143  ctl got SIGINT/SIGTERM (the remote process group was terminated)
   255      a target could not be reached, authenticated, or its stream was cut or altered
-  2        usage error, or an unusable key file";
+  2        usage error, or an unusable key, hosts or config file
+  1        ctl keygen: the output file exists, or cannot be written";
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -105,13 +105,8 @@ Examples:
 /// Which key to authenticate with.
 #[derive(Debug, Args)]
 pub struct KeyArgs {
-    /// Key file [default: $CTL_KEY_FILE, else ~/.config/rexec/key].
-    #[arg(
-        long,
-        value_name = "PATH",
-        env = "CTL_KEY_FILE",
-        hide_env_values = true
-    )]
+    /// Key file [default: $CTL_KEY_FILE, else the config's key_file, else ~/.config/rexec/key].
+    #[arg(long, value_name = "PATH")]
     pub key_file: Option<PathBuf>,
 
     /// Use the key with this id instead of the file's first one.
@@ -119,37 +114,49 @@ pub struct KeyArgs {
     pub key_id: Option<String>,
 }
 
-/// Where to connect and how patiently.
+/// Where to connect and how patiently. Options without a default here take theirs from the
+/// environment, then from ctl's config file.
 #[derive(Debug, Args)]
 pub struct TargetArgs {
-    /// Targets, comma-separated (repeatable); selects many-target output even for one.
-    #[arg(
-        short = 'H',
-        long = "hosts",
-        value_name = "TARGET,...",
-        value_delimiter = ','
-    )]
+    /// Targets, comma-separated, with ranges (web[01-20]) and @groups (repeatable); selects
+    /// many-target output even for one.
+    #[arg(short = 'H', long = "hosts", value_name = "TARGET,...")]
     pub hosts: Vec<String>,
 
-    /// File with one target per line (blank lines and # comments skipped).
+    /// File with one target per line, optionally followed by its agent name (blank lines
+    /// and # comments skipped).
     #[arg(long, value_name = "FILE")]
     pub hosts_file: Option<PathBuf>,
 
-    /// Most targets to run at once.
-    #[arg(short = 'P', long, value_name = "N", default_value_t = 64,
+    /// Leave out these targets (same syntax as -H; repeatable).
+    #[arg(short = 'x', long = "exclude", value_name = "TARGET,...")]
+    pub exclude: Vec<String>,
+
+    /// Most targets to run at once [default: 64].
+    #[arg(short = 'P', long, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=65536))]
-    pub parallel: u32,
+    pub parallel: Option<u32>,
 
-    /// Seconds allowed to connect and authenticate, per target.
-    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
-    pub connect_timeout: Duration,
+    /// Time allowed to connect and authenticate, per target (30, 90s, 5m, 2h) [default: 5s].
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub connect_timeout: Option<Duration>,
 
-    /// Port for targets that name none.
-    #[arg(long, value_name = "PORT", env = "CTL_PORT", default_value_t = DEFAULT_PORT)]
-    pub port: u16,
+    /// Port for targets that name none [default: $CTL_PORT, else 50007].
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
+
+    /// Try a target that could not be reached up to N more times (never once a command
+    /// has started).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub retry: u32,
+
+    /// Show connect, handshake and timing steps on stderr (also RUST_LOG=ctl=debug).
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
 }
 
 impl TargetArgs {
+    /// Whether many-target mode was asked for.
     pub fn many(&self) -> bool {
         !self.hosts.is_empty() || self.hosts_file.is_some()
     }
@@ -163,7 +170,8 @@ pub struct ExecArgs {
     #[command(flatten)]
     pub targets: TargetArgs,
 
-    /// Seconds the command may run; then its process group is killed and ctl exits 124.
+    /// Time the command may run (30, 90s, 5m, 2h); then its process tree is killed and ctl
+    /// exits 124.
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pub timeout: Option<Duration>,
 
@@ -184,17 +192,42 @@ pub struct ExecArgs {
     pub cwd: Option<String>,
 
     /// Write one JSON object per target to stdout (JSON Lines) instead of the output.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["group", "no_prefix"])]
     pub json: bool,
 
-    /// Print each target's output as one block when it finishes, folding identical outputs.
+    /// Print each target's output as one block when it finishes, folding identical outputs
+    /// (and exit statuses).
     #[arg(long)]
     pub group: bool,
+
+    /// Write many-target output lines without the `TARGET: ` prefix.
+    #[arg(short = 'N', long)]
+    pub no_prefix: bool,
+
+    /// Also write each target's stdout and stderr, raw, to DIR/TARGET.out and .err.
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
+
+    /// Start no new target once N targets have failed.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_fail: Option<u32>,
+
+    /// Run targets in batches of N, each finished before the next starts.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch: Option<u32>,
+
+    /// Write the targets that did not succeed to FILE, one per line (for --hosts-file).
+    #[arg(long, value_name = "FILE")]
+    pub failed_to: Option<PathBuf>,
 
     /// Run this local script on every target with its #! interpreter (else sh); COMMAND words
     /// become its arguments.
     #[arg(long, value_name = "FILE")]
     pub script: Option<PathBuf>,
+
+    /// Not supported: the user is chosen on the agent, by the key's policy.
+    #[arg(short = 'l', long = "login", value_name = "USER", hide = true)]
+    pub login: Option<String>,
 
     /// TARGET (unless -H or --hosts-file is given), then the COMMAND words, joined by spaces.
     #[arg(value_name = "[TARGET] COMMAND", trailing_var_arg = true)]
@@ -274,7 +307,8 @@ pub struct KeygenArgs {
     #[arg(long, value_name = "NAME", default_value = "default")]
     pub id: String,
 
-    /// Write to this new file (mode 0600) instead of stdout; never overwrites.
+    /// Write to this new file (mode 0600, missing parent directories 0700) instead of
+    /// stdout; never overwrites (exit status 1 if it exists).
     #[arg(short = 'o', long = "output", value_name = "PATH")]
     pub output: Option<PathBuf>,
 }

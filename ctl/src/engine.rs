@@ -6,13 +6,20 @@
 //! sink and result are handed to the renderer at once, so memory follows `parallel`, not the
 //! number of targets.
 
+use std::collections::BTreeSet;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::exit;
+use crate::nodeset;
 use crate::target::Target;
+
+/// Time ctl waits after SIGINT/SIGTERM for the running targets to confirm the cancel.
+const CANCEL_WAIT: Duration = Duration::from_secs(5);
 
 /// Work done on one target: connect, do something, report.
 pub trait Job: Send + Sync + 'static {
@@ -26,6 +33,18 @@ pub trait Job: Send + Sync + 'static {
         sink: &mut S,
         stop: watch::Receiver<Option<i32>>,
     ) -> impl Future<Output = Self::Done> + Send;
+
+    /// Whether `done` counts as a failure (for `--max-fail`).
+    fn failed(done: &Self::Done) -> bool;
+}
+
+/// Why some targets were never started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unstarted {
+    /// A stop (signal, closed stdout) came first.
+    Stopped,
+    /// `--max-fail` failures came first.
+    MaxFail(usize),
 }
 
 /// What the user sees of a run.
@@ -42,9 +61,9 @@ pub trait Renderer<D> {
     /// A target's task died inside ctl (a bug); the run goes on.
     fn lost(&mut self, why: String);
 
-    /// Every target is done; `skipped` were never started (a stop came first). Returns
+    /// Every target is done; `skipped` were never started, for the reason given. Returns
     /// ctl's exit status.
-    fn end(&mut self, skipped: Vec<Target>) -> u8;
+    fn end(&mut self, skipped: Vec<Target>, why: Unstarted) -> u8;
 }
 
 /// The stop signal every running target watches: the user's SIGINT/SIGTERM, or a renderer
@@ -52,23 +71,50 @@ pub trait Renderer<D> {
 #[derive(Clone)]
 pub struct Stop {
     sender: Arc<watch::Sender<Option<i32>>>,
+    /// The targets running now, to name those that do not confirm a cancel.
+    running: Arc<Mutex<BTreeSet<String>>>,
 }
 
 impl Stop {
-    /// A stop that fires when `cancel` does.
+    /// A stop that fires when `cancel` (the user's signal) does. If the running targets
+    /// have not confirmed within [`CANCEL_WAIT`], ctl names them and exits 128+N.
     pub fn following(mut cancel: watch::Receiver<Option<i32>>) -> Self {
         let stop = Self {
             sender: Arc::new(watch::Sender::new(None)),
+            running: Arc::default(),
         };
-        let weak = Arc::downgrade(&stop.sender);
+        let (weak, running) = (Arc::downgrade(&stop.sender), stop.running.clone());
         tokio::spawn(async move {
-            if let Ok(sig) = cancel.wait_for(Option::is_some).await.map(|sig| *sig) {
-                if let Some(sender) = weak.upgrade() {
-                    Self { sender }.request(sig.unwrap_or(libc::SIGTERM));
+            let Ok(sig) = cancel.wait_for(Option::is_some).await.map(|sig| *sig) else {
+                return;
+            };
+            let sig = sig.unwrap_or(libc::SIGTERM);
+            if let Some(sender) = weak.upgrade() {
+                Self {
+                    sender,
+                    running: running.clone(),
                 }
+                .request(sig);
             }
+            tokio::time::sleep(CANCEL_WAIT).await;
+            let names: Vec<String> = running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .cloned()
+                .collect();
+            eprintln!(
+                "ctl: {} did not confirm the cancel within {CANCEL_WAIT:?}; exiting",
+                nodeset::fold(&names)
+            );
+            std::process::exit(i32::from(exit::signalled(sig)));
         });
         stop
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        // A panic while holding the lock leaves a set that is still valid.
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Asks every target to stop with `signal`, unless a stop was already asked for.
@@ -97,6 +143,10 @@ impl Stop {
 pub struct Limits {
     /// Most targets running at once.
     pub parallel: usize,
+    /// Start nothing new once this many have failed.
+    pub max_fail: Option<usize>,
+    /// Run in batches of this many, each finished before the next starts.
+    pub batch: Option<usize>,
 }
 
 /// Runs `job` on every target, pulling them from `targets` as slots free up; returns the
@@ -115,12 +165,23 @@ where
 {
     let mut pending = targets.into_iter();
     let mut tasks = JoinSet::new();
+    let (mut failures, mut in_batch) = (0usize, 0usize);
+    let failed_out = |failures: usize| limits.max_fail.is_some_and(|n| failures >= n);
     loop {
-        while tasks.len() < limits.parallel.max(1) && !stop.requested() {
+        if tasks.is_empty() {
+            in_batch = 0;
+        }
+        while tasks.len() < limits.parallel.max(1)
+            && !stop.requested()
+            && !failed_out(failures)
+            && limits.batch.is_none_or(|b| in_batch < b)
+        {
             let Some(target) = pending.next() else {
                 break;
             };
+            in_batch += 1;
             let mut sink = renderer.start(&target, &stop);
+            stop.running().insert(target.spelling.clone());
             let (job, watch) = (job.clone(), stop.subscribe());
             tasks.spawn(async move {
                 let done = job.run(&target, &mut sink, watch).await;
@@ -129,9 +190,20 @@ where
         }
         match tasks.join_next().await {
             None => break,
-            Some(Ok((target, done, sink))) => renderer.finish(target, done, sink),
-            Some(Err(e)) => renderer.lost(format!("internal error in a target's task: {e}")),
+            Some(Ok((target, done, sink))) => {
+                stop.running().remove(&target.spelling);
+                failures += usize::from(J::failed(&done));
+                renderer.finish(target, done, sink);
+            }
+            Some(Err(e)) => {
+                failures += 1;
+                renderer.lost(format!("internal error in a target's task: {e}"));
+            }
         }
     }
-    renderer.end(pending.collect())
+    let why = match stop.requested() {
+        true => Unstarted::Stopped,
+        false => Unstarted::MaxFail(failures),
+    };
+    renderer.end(pending.collect(), why)
 }

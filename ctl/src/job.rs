@@ -58,6 +58,8 @@ pub struct Exec {
     pub input: Input,
     /// Bound on connecting and authenticating, per target.
     pub connect_timeout: Duration,
+    /// More tries for a target that could not be reached.
+    pub retries: u32,
 }
 
 impl Job for Exec {
@@ -79,11 +81,16 @@ impl Job for Exec {
             &self.key,
             request,
             self.connect_timeout,
+            self.retries,
             stdin,
             stop,
             sink,
         )
         .await
+    }
+
+    fn failed(done: &Outcome) -> bool {
+        !done.ending.succeeded()
     }
 }
 
@@ -93,6 +100,8 @@ pub struct Ping {
     pub key: KeyEntry,
     /// Bound on connecting, authenticating and the answer.
     pub timeout: Duration,
+    /// More tries for a target that could not be reached.
+    pub retries: u32,
 }
 
 impl Job for Ping {
@@ -102,8 +111,12 @@ impl Job for Ping {
         &self,
         target: &Target,
         _sink: &mut S,
-        _stop: watch::Receiver<Option<i32>>,
+        stop: watch::Receiver<Option<i32>>,
     ) -> Self::Done {
-        remote::ping(target, &self.key, self.timeout).await
+        remote::ping(target, &self.key, self.timeout, self.retries, stop).await
+    }
+
+    fn failed(done: &Self::Done) -> bool {
+        done.is_err()
     }
 }

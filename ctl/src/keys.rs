@@ -1,7 +1,7 @@
 //! Finding and reading ctl's key, and writing new key files.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
@@ -41,10 +41,19 @@ pub fn load(path: Option<&Path>, key_id: Option<&str>) -> anyhow::Result<KeyEntr
     Ok(entry.clone())
 }
 
-/// Writes a new key file at `path` with mode 0600, refusing to replace an existing file.
+/// Writes a new key file at `path` with mode 0600 (missing parent directories 0700),
+/// refusing to replace an existing file.
 pub fn write_new(path: &Path, id: &str) -> anyhow::Result<()> {
     if !keyfile::valid_key_id(id) {
         bail!("invalid key id {id:?}: use 1-64 characters of A-Z a-z 0-9 . _ -");
+    }
+    // As ssh-keygen does: missing parent directories are created, private to the user.
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .with_context(|| format!("cannot create directory {}", parent.display()))?;
     }
     let mut file = std::fs::OpenOptions::new()
         .write(true)

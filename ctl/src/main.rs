@@ -1,5 +1,4 @@
 //! `ctl`: run shell commands on agents, one or many at a time. See `ctl --help`.
-
 //!
 //! This file parses the command line ([`cli`]) and dispatches: `exec` and `ping` are jobs on
 //! the fan-out [`engine`], shown by one of the [`render`]ers, and so are `push` and `pull`
@@ -7,15 +6,19 @@
 //! local.
 
 mod cli;
+mod config;
 mod engine;
 mod exit;
 mod job;
 mod keys;
+mod nodeset;
 mod outcome;
 mod output;
 mod remote;
 mod render;
 mod script;
+mod select;
+mod setup;
 mod signals;
 mod stdin;
 mod target;
@@ -34,9 +37,10 @@ use crate::cli::{
     TargetArgs,
 };
 use crate::engine::{Limits, Stop};
-use crate::render::fleet::{Fleet, Style};
+use crate::render::fleet::{Fleet, Options as FleetOptions, Style};
 use crate::render::ping::Pings;
 use crate::render::single::Single;
+use crate::setup::Settings;
 use crate::target::Target;
 
 fn main() -> ExitCode {
@@ -72,45 +76,70 @@ fn usage_error(message: impl std::fmt::Display) -> u8 {
     exit::USAGE
 }
 
-/// The targets named by -H and --hosts-file, in order, duplicates removed.
-fn fleet_targets(args: &TargetArgs, extra: &[String]) -> Result<Vec<Target>, String> {
-    let mut spellings: Vec<String> = extra.to_vec();
-    spellings.extend(args.hosts.iter().filter(|h| !h.trim().is_empty()).cloned());
-    if let Some(path) = &args.hosts_file {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read hosts file {}: {e}", path.display()))?;
-        for (n, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            Target::parse(line, args.port)
-                .map_err(|e| format!("hosts file {}, line {}: {e}", path.display(), n + 1))?;
-            spellings.push(line.to_owned());
-        }
-    }
-    let mut targets: Vec<Target> = Vec::new();
-    for spelling in spellings {
-        let target = Target::parse(&spelling, args.port)?;
-        if !targets.iter().any(|t| t.spelling == target.spelling) {
-            targets.push(target);
-        }
-    }
-    Ok(targets)
+/// The targets chosen by `extra` (positional), -H, --hosts-file and -x.
+fn choose(args: &TargetArgs, extra: &[String], settings: &Settings) -> Result<Vec<Target>, String> {
+    select::select(&select::Sources {
+        positional: extra,
+        hosts: &args.hosts,
+        hosts_file: args.hosts_file.as_deref(),
+        exclude: &args.exclude,
+        port: settings.port,
+        config: &settings.config,
+    })
 }
 
 async fn exec(args: ExecArgs) -> u8 {
+    setup::init_logging(args.targets.verbose);
+    if let Some(user) = &args.login {
+        return usage_error(format!(
+            "ctl has no -l: the user {user:?} a command runs as is chosen on the agent, by the \
+             key's policy (user= in the agent's key file)"
+        ));
+    }
+    let settings = match setup::resolve(&args.targets, &args.key) {
+        Ok(s) => s,
+        Err(e) => return usage_error(e),
+    };
     let mut words = args.words.clone();
-    let single = if args.targets.many() {
-        None
+    let mut no_stdin = args.no_stdin;
+    let targets = if args.targets.many() {
+        match choose(&args.targets, &[], &settings) {
+            Ok(t) if t.is_empty() => {
+                return usage_error(
+                    "no targets: -H and --hosts-file named none (or -x removed all)",
+                )
+            }
+            Ok(t) => t,
+            Err(e) => return usage_error(e),
+        }
     } else if words.is_empty() {
         return usage_error("missing TARGET: give a target, or -H/--hosts-file");
     } else {
-        match Target::parse(&words.remove(0), args.targets.port) {
-            Ok(t) => Some(t),
+        let word = words.remove(0);
+        // As ssh does: options may follow the target, and a `--` there ends them.
+        while let Some(first) = words.first() {
+            match first.as_str() {
+                "-n" | "--no-stdin" => no_stdin = true,
+                "--" => {
+                    words.remove(0);
+                    break;
+                }
+                _ => break,
+            }
+            words.remove(0);
+        }
+        match choose(&args.targets, std::slice::from_ref(&word), &settings) {
+            Ok(t) if t.len() == 1 => t,
+            Ok(t) => {
+                return usage_error(format!(
+                    "TARGET {word:?} names {} targets; use -H {word:?} to run on several",
+                    t.len()
+                ))
+            }
             Err(e) => return usage_error(e),
         }
     };
+    let single = !args.targets.many();
     let script = match &args.script {
         Some(path) => match std::fs::read(path) {
             Ok(bytes) => Some(bytes),
@@ -127,26 +156,25 @@ async fn exec(args: ExecArgs) -> u8 {
         (Some(path), Some(bytes)) => Some(script::info(path, bytes)),
         _ => None,
     };
-    let key = match keys::load(args.key.key_file.as_deref(), args.key.key_id.as_deref()) {
+    if let Some(dir) = &args.output_dir {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            return usage_error(format!("cannot create --output-dir {}: {e}", dir.display()));
+        }
+    }
+    let per_target = if args.output_dir.is_some() { 3 } else { 1 };
+    if let Err(e) = setup::fit_fd_limit(settings.parallel, per_target) {
+        return usage_error(e);
+    }
+    let key = match keys::load(settings.key_file.as_deref(), args.key.key_id.as_deref()) {
         Ok(key) => key,
         Err(e) => return usage_error(format!("{e:#}")),
     };
     // --group is a many-target display, so a lone TARGET with it runs as one (no stdin);
     // a lone TARGET with --json keeps its stdin.
-    let many = single.is_none() || (args.group && !args.json);
-    let targets = match single {
-        Some(target) => vec![target],
-        None => match fleet_targets(&args.targets, &[]) {
-            Ok(t) if t.is_empty() => {
-                return usage_error("no targets: -H and --hosts-file named none")
-            }
-            Ok(t) => t,
-            Err(e) => return usage_error(e),
-        },
-    };
+    let many = !single || (args.group && !args.json);
     let input = match script {
         Some(bytes) => job::Input::Fixed(bytes.into()),
-        None if !many && !args.no_stdin && !stdin::is_dev_null() => job::Input::forward(),
+        None if !many && !no_stdin && !stdin::is_dev_null() => job::Input::forward(),
         None if args.stdin => match tokio::task::spawn_blocking(stdin::Replayable::take).await {
             Ok(Ok(replay)) => job::Input::Replay(Arc::new(replay)),
             Ok(Err(e)) => {
@@ -162,7 +190,7 @@ async fn exec(args: ExecArgs) -> u8 {
     };
     // Stdin ctl did not send, and was not told to leave alone, is mentioned at the end (by
     // then a producer such as `tar c |` has written what it will).
-    let check_unsent = many && !args.no_stdin && !matches!(input, job::Input::Replay(_));
+    let check_unsent = many && !no_stdin && !matches!(input, job::Input::Replay(_));
     let unsent_early = check_unsent && stdin::has_unread_data();
     let job = Arc::new(job::Exec {
         key,
@@ -179,16 +207,19 @@ async fn exec(args: ExecArgs) -> u8 {
             script: script_info,
         },
         input,
-        connect_timeout: args.targets.connect_timeout,
+        connect_timeout: settings.connect_timeout,
+        retries: args.targets.retry,
     });
     let interrupted = signals::watch();
     let stop = Stop::following(interrupted.clone());
     let limits = Limits {
-        parallel: args.targets.parallel as usize,
+        parallel: settings.parallel as usize,
+        max_fail: args.max_fail.map(|n| n as usize),
+        batch: args.batch.map(|n| n as usize),
     };
     let total = targets.len();
     let code = if !many && !args.json {
-        let mut renderer = Single::new(args.timeout);
+        let mut renderer = Single::new(args.timeout, args.output_dir.clone());
         engine::run(job, targets, limits, stop, &mut renderer).await
     } else {
         let style = match (args.json, args.group) {
@@ -196,7 +227,15 @@ async fn exec(args: ExecArgs) -> u8 {
             (false, true) => Style::Group,
             (false, false) => Style::Lines,
         };
-        let mut renderer = Fleet::new(style, many, total, args.timeout);
+        let mut renderer = Fleet::new(FleetOptions {
+            style,
+            many,
+            prefix: !args.no_prefix,
+            total,
+            timeout: args.timeout,
+            output_dir: args.output_dir.clone(),
+            failed_to: args.failed_to.clone(),
+        });
         engine::run(job, targets, limits, stop, &mut renderer).await
     };
     if check_unsent && (unsent_early || stdin::has_unread_data()) {
@@ -213,21 +252,32 @@ async fn exec(args: ExecArgs) -> u8 {
 }
 
 async fn ping(args: PingArgs) -> u8 {
-    let targets = match fleet_targets(&args.targets, &args.positional) {
+    setup::init_logging(args.targets.verbose);
+    let settings = match setup::resolve(&args.targets, &args.key) {
+        Ok(s) => s,
+        Err(e) => return usage_error(e),
+    };
+    let targets = match choose(&args.targets, &args.positional, &settings) {
         Ok(t) if t.is_empty() => return usage_error("missing TARGET to ping"),
         Ok(t) => t,
         Err(e) => return usage_error(e),
     };
-    let key = match keys::load(args.key.key_file.as_deref(), args.key.key_id.as_deref()) {
+    if let Err(e) = setup::fit_fd_limit(settings.parallel, 1) {
+        return usage_error(e);
+    }
+    let key = match keys::load(settings.key_file.as_deref(), args.key.key_id.as_deref()) {
         Ok(key) => key,
         Err(e) => return usage_error(format!("{e:#}")),
     };
     let job = Arc::new(job::Ping {
         key,
-        timeout: args.targets.connect_timeout,
+        timeout: settings.connect_timeout,
+        retries: args.targets.retry,
     });
     let limits = Limits {
-        parallel: args.targets.parallel as usize,
+        parallel: settings.parallel as usize,
+        max_fail: None,
+        batch: None,
     };
     let stop = Stop::following(signals::watch());
     engine::run(job, targets, limits, stop, &mut Pings::new()).await
@@ -415,6 +465,7 @@ fn keygen(args: KeygenArgs) -> u8 {
                 );
                 0
             }
+            // Documented in --help: 1, not the usage status, as the command line was fine.
             Err(e) => {
                 eprintln!("ctl: {e:#}");
                 exit::FAILURE

@@ -78,6 +78,11 @@ impl Ending {
         }
     }
 
+    /// Whether the command ran and exited 0.
+    pub fn succeeded(&self) -> bool {
+        *self == Self::Exited(0)
+    }
+
     /// ctl's exit status for this ending, as the contract defines it.
     pub fn exit_code(&self) -> u8 {
         match self {

@@ -60,6 +60,69 @@ fn write_all(file: &mut File, mut data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Writes a target's output to `DIR/<target>.out` and `.err` (raw bytes, as they come) as
+/// well as to another sink (`--output-dir`).
+pub struct Tee<S> {
+    files: Option<(File, File)>,
+    /// The first failed write to a file, reported when the target is done.
+    error: Option<io::Error>,
+    inner: S,
+}
+
+impl<S> Tee<S> {
+    /// Passes output on to `inner` only.
+    pub fn plain(inner: S) -> Self {
+        Self {
+            files: None,
+            error: None,
+            inner,
+        }
+    }
+
+    /// Also writes to `dir/<spelling>.out` and `.err`, created (or emptied) now.
+    pub fn to_dir(dir: &std::path::Path, spelling: &str, inner: S) -> io::Result<Self> {
+        let open = |ext: &str| {
+            let path = dir.join(format!("{spelling}.{ext}"));
+            File::create(&path).map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot create {}: {e}", path.display()))
+            })
+        };
+        Ok(Self {
+            files: Some((open("out")?, open("err")?)),
+            error: None,
+            inner,
+        })
+    }
+
+    /// Gives back the sink output was passed on to, and the first failed file write.
+    pub fn into_parts(self) -> (S, Option<io::Error>) {
+        (self.inner, self.error)
+    }
+
+    fn copy(&mut self, err: bool, data: &[u8]) {
+        if let Some((out, errf)) = &mut self.files {
+            let file = if err { errf } else { out };
+            if let Err(e) = file.write_all(data) {
+                // Stop copying after the first failure; the run itself goes on.
+                self.error.get_or_insert(e);
+                self.files = None;
+            }
+        }
+    }
+}
+
+impl<S: Output> Output for Tee<S> {
+    fn stdout(&mut self, data: &[u8]) -> io::Result<()> {
+        self.copy(false, data);
+        self.inner.stdout(data)
+    }
+
+    fn stderr(&mut self, data: &[u8]) -> io::Result<()> {
+        self.copy(true, data);
+        self.inner.stderr(data)
+    }
+}
+
 /// Most bytes [`Captured`] keeps per stream; the rest is dropped (and flagged) so a remote
 /// `cat /dev/zero` cannot exhaust ctl's memory.
 pub const MAX_CAPTURE: usize = 16 * 1024 * 1024;

@@ -19,6 +19,8 @@ use crate::target::Target;
 
 /// How long ctl waits past `--timeout` for the agent's own timeout report before giving up.
 const LOCAL_TIMEOUT_SLACK: Duration = Duration::from_secs(5);
+/// Pause before the first retry of an unreachable target; later ones wait longer.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 /// An authenticated connection.
 pub struct Connection {
@@ -39,10 +41,23 @@ pub async fn connect(
     key: &KeyEntry,
     timeout: Duration,
 ) -> Result<Connection, Failure> {
-    let deadline = Instant::now() + timeout;
+    let started = Instant::now();
+    let deadline = started + timeout;
+    tracing::debug!(%target, "connecting");
     let stream = tokio::time::timeout_at(deadline.into(), tcp_connect(target))
         .await
         .map_err(|_| Failure::Connect(format!("timed out connecting after {}", secs(timeout))))??;
+    tracing::debug!(%target, peer = ?stream.peer_addr().ok(), elapsed = ?started.elapsed(), "connected; handshake");
+    // The agent speaks first, so its first bytes are there to look at before the handshake
+    // reads them: another server's banner gets a plain answer instead of a frame error.
+    let mut first = [0u8; 64];
+    if let Ok(Ok(n)) = tokio::time::timeout_at(deadline.into(), stream.peek(&mut first)).await {
+        if let Some(banner) = foreign_banner(&first[..n]) {
+            return Err(Failure::Auth(format!(
+                "not a rexec agent (it sent {banner})"
+            )));
+        }
+    }
     let (read, write) = stream.into_split();
     let handshake = client_handshake(read, write, &key.id, key.secret.clone());
     match tokio::time::timeout_at(deadline.into(), handshake).await {
@@ -50,9 +65,36 @@ pub async fn connect(
             "timed out authenticating after {}",
             secs(timeout)
         ))),
-        Ok(Err(e)) => Err(handshake_failure(e, &key.id)),
-        Ok(Ok((reader, writer))) => Ok(Connection { reader, writer }),
+        Ok(Err(e)) => {
+            tracing::debug!(%target, error = %e, elapsed = ?started.elapsed(), "handshake failed");
+            Err(handshake_failure(e, &key.id))
+        }
+        Ok(Ok((reader, writer))) => {
+            tracing::debug!(%target, key_id = %key.id, elapsed = ?started.elapsed(), "authenticated");
+            Ok(Connection { reader, writer })
+        }
     }
+}
+
+/// The first line of `bytes` when they open like another protocol's greeting (an SSH, SMTP,
+/// FTP, POP3 or IMAP server, or an HTTP reply), shown as printable text.
+fn foreign_banner(bytes: &[u8]) -> Option<String> {
+    const BANNERS: [&[u8]; 6] = [b"SSH-", b"HTTP/", b"220 ", b"220-", b"+OK", b"* OK"];
+    if !BANNERS.iter().any(|b| bytes.starts_with(b)) {
+        return None;
+    }
+    let line = bytes
+        .split(|&b| b == b'\r' || b == b'\n')
+        .next()
+        .unwrap_or(bytes);
+    let text: String = line
+        .iter()
+        .map(|&b| match b {
+            0x20..=0x7e => char::from(b),
+            _ => '?',
+        })
+        .collect();
+    Some(text)
 }
 
 async fn tcp_connect(target: &Target) -> Result<TcpStream, Failure> {
@@ -124,24 +166,57 @@ fn secs(d: Duration) -> String {
     format!("{}s", d.as_secs_f64())
 }
 
-/// Runs `req` on `target`: connects, streams output to `out`, forwards `stdin` (when
-/// `req.stdin`), and forwards a signal from `cancel` as a remote cancel.
+/// Connects to `target`, trying `retries` more times while it cannot be reached (a refused
+/// or timed-out connection: nothing can have run there), unless `cancel` fires.
+pub async fn connect_retrying(
+    target: &Target,
+    key: &KeyEntry,
+    timeout: Duration,
+    retries: u32,
+    cancel: &mut watch::Receiver<Option<i32>>,
+) -> Result<Connection, Failure> {
+    let mut attempt = 0;
+    loop {
+        match connect(target, key, timeout).await {
+            Err(Failure::Connect(why)) if attempt < retries && cancel.borrow().is_none() => {
+                attempt += 1;
+                tracing::debug!(%target, %why, attempt, "retrying");
+                // A short, growing pause: a restarting agent gets a moment to come back.
+                let pause = RETRY_PAUSE * attempt.min(10);
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    _ = cancel.wait_for(Option::is_some) => return Err(Failure::Connect(why)),
+                }
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Runs `req` on `target`: connects (see [`connect_retrying`]), streams output to `out`,
+/// forwards `stdin` (when `req.stdin`), and forwards a signal from `cancel` as a remote
+/// cancel.
+#[allow(clippy::too_many_arguments)] // each is one independent part of the request
 pub async fn exec<O: Output>(
     target: &Target,
     key: &KeyEntry,
     req: ExecRequest,
     connect_timeout: Duration,
+    retries: u32,
     stdin: Option<StdinChunks>,
-    cancel: watch::Receiver<Option<i32>>,
+    mut cancel: watch::Receiver<Option<i32>>,
     out: &mut O,
 ) -> Outcome {
     let started = Instant::now();
-    let local_deadline = req
-        .timeout_ms
-        .map(|ms| started + Duration::from_millis(ms) + LOCAL_TIMEOUT_SLACK);
     let result = async {
-        let conn = connect(target, key, connect_timeout).await?;
-        run_exec(conn, req, stdin, cancel, local_deadline, out).await
+        let conn = connect_retrying(target, key, connect_timeout, retries, &mut cancel).await?;
+        // --timeout counts from the start of the command, not of the connection.
+        let local_deadline = req
+            .timeout_ms
+            .map(|ms| Instant::now() + Duration::from_millis(ms) + LOCAL_TIMEOUT_SLACK);
+        let result = run_exec(conn, req, stdin, cancel, local_deadline, out).await;
+        tracing::debug!(%target, elapsed = ?started.elapsed(), "exchange ended");
+        result
     }
     .await;
     let ending = match result {
@@ -297,11 +372,17 @@ pub struct Pong {
 }
 
 /// Connects, authenticates and asks the agent for its version.
-pub async fn ping(target: &Target, key: &KeyEntry, timeout: Duration) -> Result<Pong, Failure> {
+pub async fn ping(
+    target: &Target,
+    key: &KeyEntry,
+    timeout: Duration,
+    retries: u32,
+    mut cancel: watch::Receiver<Option<i32>>,
+) -> Result<Pong, Failure> {
     let Connection {
         mut reader,
         mut writer,
-    } = connect(target, key, timeout).await?;
+    } = connect_retrying(target, key, timeout, retries, &mut cancel).await?;
     let sent = Instant::now();
     writer
         .send_request(&Request::Ping)
@@ -322,5 +403,24 @@ pub async fn ping(target: &Target, key: &KeyEntry, timeout: Duration) -> Result<
             "stream truncated: connection closed before the pong".into(),
         )),
         Err(e) => Err(stream_failure(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn foreign_banners_are_named() {
+        assert_eq!(
+            foreign_banner(b"SSH-2.0-OpenSSH_9.2\r\n").as_deref(),
+            Some("SSH-2.0-OpenSSH_9.2")
+        );
+        assert_eq!(
+            foreign_banner(b"220 mail ESMTP\x1b[K\r\n").as_deref(),
+            Some("220 mail ESMTP?[K")
+        );
+        assert_eq!(foreign_banner(b"\x00\x00\x00\x45\x01rexec"), None);
+        assert_eq!(foreign_banner(b""), None);
     }
 }

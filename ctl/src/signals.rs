@@ -1,18 +1,11 @@
-//! SIGINT and SIGTERM: turned into a cancel of every running target, with a bound on how long
-//! ctl then waits for the agents to confirm.
-
-use std::time::Duration;
+//! SIGINT and SIGTERM, turned into a value every part of a run can watch: the engine's
+//! [`Stop`](crate::engine::Stop) cancels every running target from it.
 
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
-use crate::exit;
-
-/// Time ctl waits after forwarding SIGINT/SIGTERM for the remote side to report.
-const CANCEL_WAIT: Duration = Duration::from_secs(5);
-
 /// Installs the handlers. The receiver holds the signal once one arrived; ctl then exits
-/// 128+N. If the targets have not reported within [`CANCEL_WAIT`], ctl exits anyway.
+/// 128+N.
 pub fn watch() -> watch::Receiver<Option<i32>> {
     let (cancel, interrupted) = watch::channel(None);
     let installed =
@@ -25,11 +18,8 @@ pub fn watch() -> watch::Receiver<Option<i32>> {
                     _ = sigterm.recv() => libc::SIGTERM,
                 };
                 let _ = cancel.send(Some(sig));
-                tokio::time::sleep(CANCEL_WAIT).await;
-                eprintln!(
-                    "ctl: remote side did not confirm the cancel within {CANCEL_WAIT:?}; exiting"
-                );
-                std::process::exit(i32::from(exit::signalled(sig)));
+                // Keep the sender (and so the value) alive for the rest of the run.
+                std::future::pending::<()>().await;
             });
         }
         Err(e) => eprintln!("ctl: warning: cannot install signal handlers: {e}"),

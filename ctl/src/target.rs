@@ -1,6 +1,7 @@
 //! Targets as users write them: `host`, `host:port`, `ip:port`, `[ipv6]:port`.
 
 use std::fmt;
+use std::net::IpAddr;
 
 /// One agent to talk to, with the spelling the user gave kept for output.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -11,6 +12,9 @@ pub struct Target {
     pub host: String,
     /// TCP port.
     pub port: u16,
+    /// The agent name expected there, when given apart from the host (a hosts-file line's
+    /// second field); otherwise the host is the name.
+    pub name: Option<String>,
 }
 
 impl Target {
@@ -46,6 +50,17 @@ impl Target {
         if host.is_empty() {
             return Err(bad("empty host"));
         }
+        if let Some((user, _)) = host.split_once('@') {
+            return Err(bad(&format!(
+                "ctl takes no user@: the user {user:?} would run as is chosen on the agent, by \
+                 the key's policy (user= in the agent's key file)"
+            )));
+        }
+        if host.contains(',') {
+            return Err(bad(
+                "one target per entry (a ',' separates targets in -H lists)",
+            ));
+        }
         if host
             .chars()
             .any(|c| c.is_whitespace() || c.is_control() || c == '/')
@@ -64,7 +79,18 @@ impl Target {
             spelling,
             host,
             port,
+            name: None,
         })
+    }
+
+    /// What makes two targets the same: the host compared case-insensitively without a
+    /// trailing dot (IP addresses in canonical form), and the port.
+    pub fn key(&self) -> (String, u16) {
+        let host = match self.host.parse::<IpAddr>() {
+            Ok(ip) => ip.to_string(),
+            Err(_) => self.host.trim_end_matches('.').to_ascii_lowercase(),
+        };
+        (host, self.port)
     }
 
     /// `host:port` in the form the resolver takes.
@@ -97,6 +123,24 @@ mod tests {
         assert_eq!(parsed("[::1]:9"), ("::1".into(), 9));
         assert_eq!(parsed("[::1]"), ("::1".into(), 50007));
         assert_eq!(parsed("fe80::1"), ("fe80::1".into(), 50007));
+    }
+
+    #[test]
+    fn duplicates_compare_canonically() {
+        let key = |t: &str| Target::parse(t, 50007).unwrap().key();
+        assert_eq!(key("web1"), key("WEB1:50007"));
+        assert_eq!(key("web1."), key("web1"));
+        assert_eq!(key("[::1]"), key("[0:0::1]:50007"));
+        assert_ne!(key("web1"), key("web1:2"));
+        assert_ne!(key("web1"), key("web2"));
+    }
+
+    #[test]
+    fn users_and_lists_are_refused_with_the_reason() {
+        let err = Target::parse("nobody@127.0.0.1", 1).unwrap_err();
+        assert!(err.contains("policy") && err.contains("nobody"), "{err}");
+        let err = Target::parse("127.0.0.6,127.0.0.7", 1).unwrap_err();
+        assert!(err.contains("one target"), "{err}");
     }
 
     #[test]

@@ -2,11 +2,21 @@
 
 use std::time::Duration;
 
-/// Parses a number of seconds (fractions allowed), more than 0 and at most a year.
+/// Parses a duration: a number of seconds (fractions allowed), or a number with an `s`, `m`
+/// or `h` suffix (`90s`, `1.5m`, `2h`); more than 0 and at most a year.
 pub fn parse_secs(text: &str) -> Result<Duration, String> {
-    let secs: f64 = text
-        .parse()
-        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    let (number, unit) = match text.trim().strip_suffix(['s', 'm', 'h']) {
+        Some(number) => (number, &text.trim()[number.len()..]),
+        None => (text.trim(), "s"),
+    };
+    let scale = match unit {
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => 1.0,
+    };
+    let secs: f64 = number.parse::<f64>().map(|n| n * scale).map_err(|_| {
+        format!("{text:?} is not a duration (seconds, or a number with s, m or h: 30, 90s, 5m, 2h)")
+    })?;
     if !(secs > 0.0 && secs <= 86_400.0 * 365.0) {
         return Err(format!(
             "{text} is out of range (more than 0, at most a year)"
@@ -23,12 +33,15 @@ mod tests {
     fn seconds_in_range_parse_and_others_say_why() {
         assert_eq!(parse_secs("1.5"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_secs("10"), Ok(Duration::from_secs(10)));
-        for bad in ["0", "-1", "NaN", "inf", "1e99", "soon", ""] {
+        assert_eq!(parse_secs("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_secs("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_secs("1.5m"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_secs("2h"), Ok(Duration::from_secs(7200)));
+        assert!(parse_secs("1d").is_err() && parse_secs("m").is_err());
+        for bad in ["0", "-1", "NaN", "inf", "1e99", "soon", "", "0m", "9000h"] {
             assert!(parse_secs(bad).is_err(), "{bad:?} was accepted");
         }
-        assert!(parse_secs("soon")
-            .unwrap_err()
-            .contains("not a number of seconds"));
+        assert!(parse_secs("soon").unwrap_err().contains("not a duration"));
         assert!(parse_secs("0").unwrap_err().contains("out of range"));
     }
 }

@@ -204,7 +204,7 @@ fn ping_names_each_target_as_given_and_fails_if_any_is_down() {
     let err = run.err();
     assert_eq!(err.lines().count(), 1, "{run}");
     assert!(
-        err.starts_with(&format!("{dead}: ")) && err.contains("refused"),
+        err.starts_with(&format!("ctl: {dead}: ")) && err.contains("refused"),
         "{run}"
     );
 
@@ -212,7 +212,7 @@ fn ping_names_each_target_as_given_and_fails_if_any_is_down() {
     let run = ctl(["ping", "--key-file", &key_file, &dead]).run();
     run.expect_code(255);
     assert_eq!(run.out(), "", "{run}");
-    assert!(run.err().starts_with(&format!("{dead}: ")), "{run}");
+    assert!(run.err().starts_with(&format!("ctl: {dead}: ")), "{run}");
 }
 
 #[test]
@@ -231,7 +231,7 @@ fn ping_with_a_wrong_key_fails_authentication() {
     run.expect_code(255);
     assert_eq!(run.out(), "", "{run}");
     assert!(
-        run.err().starts_with(&format!("{target}: "))
+        run.err().starts_with(&format!("ctl: {target}: "))
             && run.err().contains("authentication failed"),
         "{run}"
     );

@@ -15,14 +15,14 @@ use crate::util::{
 };
 
 /// Agents sharing one key, each in its own directory, plus the key file ctl uses.
-struct Fleet {
-    agents: Vec<Agent>,
-    key_file: PathBuf,
+pub struct Fleet {
+    pub agents: Vec<Agent>,
+    pub key_file: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl Fleet {
-    fn start(n: usize) -> Self {
+    pub fn start(n: usize) -> Self {
         let dir = scratch();
         let key = key_line("fleet");
         let key_file = write_key_file(dir.path(), "key", &key);
@@ -41,7 +41,7 @@ impl Fleet {
     }
 
     /// `ctl exec --key-file KEY ARGS...`.
-    fn exec<S: AsRef<str>>(&self, args: &[S]) -> Ctl {
+    pub fn exec<S: AsRef<str>>(&self, args: &[S]) -> Ctl {
         let mut all = vec![
             "exec".to_owned(),
             "--key-file".to_owned(),
@@ -51,37 +51,71 @@ impl Fleet {
         ctl(all)
     }
 
-    fn target(&self, i: usize) -> String {
+    pub fn target(&self, i: usize) -> String {
         self.agents[i].target()
     }
 
     /// A second spelling of agent `i`, so one agent can stand for two targets.
-    fn alias(&self, i: usize) -> String {
+    pub fn alias(&self, i: usize) -> String {
         format!("localhost:{}", self.agents[i].addr.port())
     }
 }
 
-fn path_str(path: &Path) -> String {
+pub fn path_str(path: &Path) -> String {
     path.to_str().expect("test paths are UTF-8").to_owned()
 }
 
 /// A loopback port with nothing listening on it.
-fn closed_port() -> String {
+pub fn closed_port() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a probe port");
     let addr = listener.local_addr().expect("probe address");
     drop(listener);
     addr.to_string()
 }
 
+/// Targets on 127.0.0.1 as ctl folds them in summaries and headings: `127.0.0.1:[P1,P2-P3]`
+/// (one target alone: as it is).
+pub fn folded(targets: &[&str]) -> String {
+    let mut ports: Vec<u32> = targets
+        .iter()
+        .map(|t| {
+            let port = t.strip_prefix("127.0.0.1:").expect("a 127.0.0.1 target");
+            port.parse().expect("a port")
+        })
+        .collect();
+    ports.sort_unstable();
+    if ports.len() == 1 {
+        return format!("127.0.0.1:{}", ports[0]);
+    }
+    let mut runs: Vec<(u32, u32)> = Vec::new();
+    for p in ports {
+        match runs.last_mut() {
+            Some((_, end)) if *end + 1 == p => *end = p,
+            _ => runs.push((p, p)),
+        }
+    }
+    let runs: Vec<String> = runs
+        .iter()
+        .map(|&(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        })
+        .collect();
+    format!("127.0.0.1:[{}]", runs.join(","))
+}
+
 /// The lines of `text` that start with `prefix`, prefix removed.
-fn lines_of<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
+pub fn lines_of<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
     text.lines()
         .filter_map(|l| l.strip_prefix(prefix))
         .collect()
 }
 
 /// The summary line ctl ends a many-target run with.
-fn summary(run: &Run) -> String {
+pub fn summary(run: &Run) -> String {
     let err = run.err();
     let line = err
         .lines()
@@ -92,7 +126,7 @@ fn summary(run: &Run) -> String {
 }
 
 /// A `case $PPID` script that gives each agent (the shell's parent) its own behaviour.
-fn per_agent(arms: &[(&Agent, &str)]) -> String {
+pub fn per_agent(arms: &[(&Agent, &str)]) -> String {
     let mut script = "case $PPID in ".to_owned();
     for (agent, body) in arms {
         script += &format!("{}) {body} ;; ", agent.pid());
@@ -234,7 +268,7 @@ fn group_folds_identical_outputs_into_one_block() {
     let (pa, pb) = (fleet.agents[0].pid(), fleet.agents[1].pid());
     let rule = "----------------";
     let expected = format!(
-        "{rule}\n{a},{a2}\n{rule}\nparent {pa}\nshared\n{rule}\n{b}\n{rule}\nparent {pb}\nshared\n"
+        "{rule}\n{a},{a2} (exit 0)\n{rule}\nparent {pa}\nshared\n{rule}\n{b} (exit 0)\n{rule}\nparent {pb}\nshared\n"
     );
     assert_eq!(run.out(), expected, "{run}");
     assert_eq!(
@@ -260,13 +294,18 @@ fn group_keeps_stderr_on_stderr_and_folds_it_too() {
     assert_eq!(run.out(), "", "{run}");
     let rule = "----------------";
     assert!(
-        run.err()
-            .contains(&format!("{rule}\n{a},{b} (stderr)\n{rule}\nproblem\n")),
+        run.err().contains(&format!(
+            "{rule}\n{} (stderr, exit 4)\n{rule}\nproblem\n",
+            folded(&[&a, &b])
+        )),
         "{run}"
     );
     assert_eq!(
         summary(&run),
-        format!("ctl: 2 targets: 0 ok, 2 failed (exit 4: {a}, {b}), 0 unreachable")
+        format!(
+            "ctl: 2 targets: 0 ok, 2 failed (exit 4: {}), 0 unreachable",
+            folded(&[&a, &b])
+        )
     );
 }
 

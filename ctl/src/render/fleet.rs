@@ -4,13 +4,15 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::engine::{Renderer, Stop};
+use crate::engine::{Renderer, Stop, Unstarted};
 use crate::exit;
-use crate::outcome::Outcome;
-use crate::output::{Captured, Output, MAX_CAPTURE};
+use crate::nodeset;
+use crate::outcome::{Ending, Outcome};
+use crate::output::{Captured, Output, Tee, MAX_CAPTURE};
 use crate::render::lines::Prefixed;
 use crate::render::progress::Progress;
 use crate::render::summary::Summary;
@@ -28,63 +30,127 @@ pub enum Style {
     Json,
 }
 
-/// Output shared by several targets in `--group` mode, keyed by (stdout, stderr), with the
-/// members' positions in the order given and their spellings.
-type Groups = HashMap<(Vec<u8>, Vec<u8>), Vec<(usize, String)>>;
+/// Output shared by several targets in `--group` mode, keyed by (stdout, stderr, how they
+/// ended), with the members' positions in the order given and their spellings.
+type Groups = HashMap<(Vec<u8>, Vec<u8>, String), Vec<(usize, String)>>;
+
+/// How a run is shown, beyond its [`Style`].
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Lines, groups or JSON.
+    pub style: Style,
+    /// Whether to end with a summary line (not for a lone `--json` target) and show a
+    /// progress bar (not with `--json`).
+    pub many: bool,
+    /// Whether lines start with `TARGET: ` (not with `-N`).
+    pub prefix: bool,
+    /// How many targets there are, for the progress bar.
+    pub total: usize,
+    /// The `--timeout` given, for messages.
+    pub timeout: Option<Duration>,
+    /// `--output-dir`.
+    pub output_dir: Option<PathBuf>,
+    /// `--failed-to`.
+    pub failed_to: Option<PathBuf>,
+}
 
 /// The many-target renderer.
 pub struct Fleet {
-    style: Style,
-    /// Whether to end with a summary line (not for a lone `--json` target).
-    many: bool,
-    timeout: Option<Duration>,
+    options: Options,
     console: Arc<Console>,
     summary: Summary,
     groups: Groups,
+    /// Hosts-file lines of the targets that did not succeed, for `--failed-to`.
+    failed_lines: Vec<String>,
     started: usize,
     worst: u8,
 }
 
 /// Where one target's output goes: straight to the console as lines, or memory.
-pub enum Sink {
+pub enum Inner {
     /// Prefixed lines, written as they complete.
-    Lines(usize, Prefixed),
+    Lines(Prefixed),
     /// Kept for a `--group` block or a `--json` record.
-    Captured(usize, Captured),
+    Captured(Captured),
 }
 
-impl Output for Sink {
+impl Output for Inner {
     fn stdout(&mut self, data: &[u8]) -> io::Result<()> {
         match self {
-            Self::Lines(_, s) => s.stdout(data),
-            Self::Captured(_, s) => s.stdout(data),
+            Self::Lines(s) => s.stdout(data),
+            Self::Captured(s) => s.stdout(data),
         }
     }
 
     fn stderr(&mut self, data: &[u8]) -> io::Result<()> {
         match self {
-            Self::Lines(_, s) => s.stderr(data),
-            Self::Captured(_, s) => s.stderr(data),
+            Self::Lines(s) => s.stderr(data),
+            Self::Captured(s) => s.stderr(data),
         }
     }
 }
 
+/// One target's sink: its position in the order given, and its output.
+pub struct Sink(usize, Tee<Inner>);
+
+impl Output for Sink {
+    fn stdout(&mut self, data: &[u8]) -> io::Result<()> {
+        self.1.stdout(data)
+    }
+
+    fn stderr(&mut self, data: &[u8]) -> io::Result<()> {
+        self.1.stderr(data)
+    }
+}
+
+/// How a `--group` block's members ended, for its heading.
+fn ending_label(ending: &Ending) -> String {
+    match ending {
+        Ending::Exited(code) => format!("exit {code}"),
+        Ending::Killed(sig) => format!("signal {sig}"),
+        Ending::TimedOut(_) | Ending::Unanswered => "timed out".into(),
+        Ending::Failed(f) => format!("{} error", f.kind()),
+    }
+}
+
 impl Fleet {
-    /// A renderer for `total` targets. `many` adds the summary line and, unless in `--json`
-    /// mode, the progress bar; `timeout` is the `--timeout` given, for messages.
-    pub fn new(style: Style, many: bool, total: usize, timeout: Option<Duration>) -> Self {
-        let progress = (many && style != Style::Json)
-            .then(|| Progress::on_stderr(total))
+    /// A renderer as `options` say.
+    pub fn new(options: Options) -> Self {
+        let progress = (options.many && options.style != Style::Json)
+            .then(|| Progress::on_stderr(options.total))
             .flatten();
         Self {
-            style,
-            many,
-            timeout,
+            options,
             console: Arc::new(Console::new(progress)),
             summary: Summary::default(),
             groups: Groups::new(),
+            failed_lines: Vec::new(),
             started: 0,
             worst: 0,
+        }
+    }
+
+    fn note(&self, text: &str) {
+        let _ = self.console.write(To::Err, text.as_bytes());
+    }
+
+    /// Writes `--failed-to`: one target per line, with its agent name if it had one.
+    fn write_failed(&mut self, skipped: &[Target]) {
+        let Some(path) = &self.options.failed_to else {
+            return;
+        };
+        let mut lines = std::mem::take(&mut self.failed_lines);
+        lines.extend(skipped.iter().map(hosts_line));
+        let mut text = lines.join("\n");
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        if let Err(e) = std::fs::write(path, text) {
+            self.note(&format!(
+                "ctl: cannot write --failed-to {}: {e}\n",
+                path.display()
+            ));
+            self.worst = self.worst.max(exit::FAILURE);
         }
     }
 
@@ -94,25 +160,33 @@ impl Fleet {
             members.sort_unstable();
         }
         blocks.sort_by_key(|(_, members)| members[0].0);
-        for ((stdout, stderr), members) in blocks {
-            let names = members
-                .iter()
-                .map(|(_, name)| name.as_str())
-                .collect::<Vec<_>>()
-                .join(",");
-            for (to, bytes, tag) in [(To::Out, stdout, ""), (To::Err, stderr, " (stderr)")] {
-                if bytes.is_empty() {
+        for ((stdout, stderr, ending), members) in blocks {
+            let names = nodeset::fold(&members.iter().map(|(_, n)| n).collect::<Vec<_>>());
+            let (stdout_empty, stderr_empty) = (stdout.is_empty(), stderr.is_empty());
+            for (to, bytes, tag) in [(To::Out, stdout, ""), (To::Err, stderr, "stderr, ")] {
+                // Targets that failed without a word still get a block saying how they ended.
+                let only = to == To::Out && stdout_empty && stderr_empty && ending != "exit 0";
+                if bytes.is_empty() && !only {
                     continue;
                 }
                 let mut block =
-                    format!("----------------\n{names}{tag}\n----------------\n").into_bytes();
+                    format!("----------------\n{names} ({tag}{ending})\n----------------\n")
+                        .into_bytes();
                 block.extend_from_slice(&bytes);
-                if !bytes.ends_with(b"\n") {
+                if !bytes.is_empty() && !bytes.ends_with(b"\n") {
                     block.push(b'\n');
                 }
                 let _ = self.console.write(to, &block);
             }
         }
+    }
+}
+
+/// A target as a `--hosts-file` line: its spelling, and its agent name if it had one.
+fn hosts_line(target: &Target) -> String {
+    match &target.name {
+        Some(name) => format!("{} {name}", target.spelling),
+        None => target.spelling.clone(),
     }
 }
 
@@ -125,13 +199,36 @@ impl Renderer<Outcome> for Fleet {
         if let Some(bar) = self.console.progress() {
             bar.started(&target.spelling);
         }
-        match self.style {
-            Style::Lines => Sink::Lines(
-                index,
-                Prefixed::new(target, self.console.clone(), stop.clone()),
-            ),
-            Style::Group | Style::Json => Sink::Captured(index, Captured::default()),
-        }
+        let inner = match self.options.style {
+            Style::Lines => Inner::Lines(Prefixed::new(
+                target,
+                self.options.prefix,
+                self.console.clone(),
+                stop.clone(),
+            )),
+            Style::Group | Style::Json => Inner::Captured(Captured::default()),
+        };
+        let tee = match &self.options.output_dir {
+            None => Tee::plain(inner),
+            Some(dir) => match Tee::to_dir(dir, &target.spelling, inner) {
+                Ok(tee) => tee,
+                Err(e) => {
+                    self.note(&format!("ctl: {target}: {e}\n"));
+                    self.worst = self.worst.max(exit::FAILURE);
+                    // The run goes on without the copy; rebuilding the sink costs nothing.
+                    Tee::plain(match self.options.style {
+                        Style::Lines => Inner::Lines(Prefixed::new(
+                            target,
+                            self.options.prefix,
+                            self.console.clone(),
+                            stop.clone(),
+                        )),
+                        Style::Group | Style::Json => Inner::Captured(Captured::default()),
+                    })
+                }
+            },
+        };
+        Sink(index, tee)
     }
 
     fn finish(&mut self, target: Target, outcome: Outcome, sink: Sink) {
@@ -140,24 +237,30 @@ impl Renderer<Outcome> for Fleet {
             bar.finished(&target.spelling, code != 0);
         }
         self.worst = self.worst.max(code);
-        let index = match &sink {
-            Sink::Lines(i, _) | Sink::Captured(i, _) => *i,
-        };
+        let Sink(index, tee) = sink;
+        let (inner, copy_error) = tee.into_parts();
         self.summary
             .record(index, &target.spelling, &outcome.ending);
-        let captured = match sink {
-            Sink::Lines(_, mut lines) => {
+        if self.options.failed_to.is_some() && !outcome.ending.succeeded() {
+            self.failed_lines.push(hosts_line(&target));
+        }
+        let captured = match inner {
+            Inner::Lines(mut lines) => {
                 lines.finish();
                 None
             }
-            Sink::Captured(_, c) => Some(c),
+            Inner::Captured(c) => Some(c),
         };
-        if self.style != Style::Json {
-            if let Some(text) = diagnosis(&target, &outcome, self.timeout) {
-                let _ = self.console.write(To::Err, text.as_bytes());
+        if let Some(text) = super::copy_failure(&target, copy_error) {
+            self.note(&text);
+            self.worst = self.worst.max(exit::FAILURE);
+        }
+        if self.options.style != Style::Json {
+            if let Some(text) = diagnosis(&target, &outcome, self.options.timeout) {
+                self.note(&text);
             }
         }
-        match (self.style, captured) {
+        match (self.options.style, captured) {
             (Style::Json, Some(c)) => {
                 let stdout = json::Stream {
                     bytes: &c.stdout,
@@ -172,39 +275,40 @@ impl Renderer<Outcome> for Fleet {
             }
             (Style::Group, Some(c)) => {
                 if c.stdout_cut || c.stderr_cut {
-                    let note = format!(
+                    self.note(&format!(
                         "ctl: {target}: output past {} MiB per stream was dropped\n",
                         MAX_CAPTURE >> 20
-                    );
-                    let _ = self.console.write(To::Err, note.as_bytes());
+                    ));
                 }
-                if !c.stdout.is_empty() || !c.stderr.is_empty() {
-                    self.groups
-                        .entry((c.stdout, c.stderr))
-                        .or_default()
-                        .push((index, target.spelling));
-                }
+                self.groups
+                    .entry((c.stdout, c.stderr, ending_label(&outcome.ending)))
+                    .or_default()
+                    .push((index, target.spelling));
             }
             _ => {}
         }
     }
 
     fn lost(&mut self, why: String) {
-        let _ = self
-            .console
-            .write(To::Err, format!("ctl: {why}\n").as_bytes());
+        self.note(&format!("ctl: {why}\n"));
         self.worst = exit::UNREACHABLE;
     }
 
-    fn end(&mut self, skipped: Vec<Target>) -> u8 {
+    fn end(&mut self, skipped: Vec<Target>, why: Unstarted) -> u8 {
         self.console.clear_progress();
-        if self.style == Style::Group {
+        if self.options.style == Style::Group {
             self.write_groups();
         }
-        self.summary.skipped(skipped.len());
-        if self.many {
+        self.write_failed(&skipped);
+        if !skipped.is_empty() {
+            // Targets that never ran are not a success.
+            self.worst = self.worst.max(exit::FAILURE);
+        }
+        self.summary
+            .skipped(skipped.into_iter().map(|t| t.spelling).collect(), why);
+        if self.options.many {
             let line = format!("{}\n", self.summary.line());
-            let _ = self.console.write(To::Err, line.as_bytes());
+            self.note(&line);
         }
         self.worst
     }

@@ -69,8 +69,12 @@ pub struct Prefixed {
 }
 
 impl Prefixed {
-    pub fn new(target: &Target, console: Arc<Console>, stop: Stop) -> Self {
-        let prefix = format!("{target}: ").into_bytes();
+    /// Lines of `target`, each starting with `TARGET: ` when `prefixed` (else bare, `-N`).
+    pub fn new(target: &Target, prefixed: bool, console: Arc<Console>, stop: Stop) -> Self {
+        let prefix = match prefixed {
+            true => format!("{target}: ").into_bytes(),
+            false => Vec::new(),
+        };
         Self {
             prefix,
             out: LineBuf::default(),

@@ -93,9 +93,11 @@ pub fn is_tty(fd: i32) -> bool {
 
 /// The line a target's failure or timeout is reported with, if it needs one.
 pub fn diagnosis(target: &Target, outcome: &Outcome, timeout: Option<Duration>) -> Option<String> {
+    let secs = timeout.map_or(0.0, |t| t.as_secs_f64());
     match &outcome.ending {
         Ending::Failed(failure) => Some(format!("ctl: {target}: {failure}\n")),
-        Ending::TimedOut(_) | Ending::Unanswered => match timeout {
+        // The agent said so: it killed the command's process tree.
+        Ending::TimedOut(_) => match timeout {
             // The connection's time includes connecting, so it is never shorter than the
             // command's: shorter than --timeout means the agent applied a shorter limit.
             Some(t) if outcome.duration >= t => Some(format!(
@@ -106,6 +108,16 @@ pub fn diagnosis(target: &Target, outcome: &Outcome, timeout: Option<Duration>) 
                 "ctl: {target}: command timed out at the agent's limit for this key (max-timeout); its process group was killed\n"
             )),
         },
+        // ctl only knows that the agent went silent: it cannot say what happened there.
+        Ending::Unanswered => Some(format!(
+            "ctl: {target}: command timed out after {secs}s and the agent did not confirm \
+             the kill; gave up waiting (whether the command still runs there is unknown)\n"
+        )),
         Ending::Exited(_) | Ending::Killed(_) => None,
     }
+}
+
+/// A failed copy to `--output-dir`, as a line for stderr.
+pub fn copy_failure(target: &Target, error: Option<io::Error>) -> Option<String> {
+    error.map(|e| format!("ctl: {target}: --output-dir copy incomplete: {e}\n"))
 }

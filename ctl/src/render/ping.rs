@@ -1,7 +1,7 @@
 //! `ctl ping`: one line per target as it answers, `TARGET: ok RTT VERSION` on stdout or
-//! `TARGET: ERROR` on stderr.
+//! `ctl: TARGET: ERROR` on stderr.
 
-use crate::engine::{Renderer, Stop};
+use crate::engine::{Renderer, Stop, Unstarted};
 use crate::exit;
 use crate::outcome::Failure;
 use crate::output::Captured;
@@ -47,7 +47,7 @@ impl Renderer<Result<Pong, Failure>> for Pings {
             Err(failure) => {
                 self.status = exit::UNREACHABLE;
                 self.console
-                    .write(To::Err, format!("{target}: {failure}\n").as_bytes())
+                    .write(To::Err, format!("ctl: {target}: {failure}\n").as_bytes())
             }
         };
     }
@@ -59,7 +59,7 @@ impl Renderer<Result<Pong, Failure>> for Pings {
         self.status = exit::UNREACHABLE;
     }
 
-    fn end(&mut self, skipped: Vec<Target>) -> u8 {
+    fn end(&mut self, skipped: Vec<Target>, _why: Unstarted) -> u8 {
         if skipped.is_empty() {
             self.status
         } else {

@@ -2,26 +2,30 @@
 //! byte for byte, as it comes; one line of diagnosis on stderr when the run did not end by
 //! itself.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::engine::{Renderer, Stop};
+use crate::engine::{Renderer, Stop, Unstarted};
 use crate::exit;
 use crate::outcome::Outcome;
-use crate::output::Passthrough;
-use crate::render::diagnosis;
+use crate::output::{Passthrough, Tee};
+use crate::render::{copy_failure, diagnosis};
 use crate::target::Target;
 
 /// The pass-through renderer.
 pub struct Single {
     timeout: Option<Duration>,
+    output_dir: Option<PathBuf>,
     status: u8,
 }
 
 impl Single {
-    /// `timeout` is the `--timeout` given, for the message when it runs out.
-    pub fn new(timeout: Option<Duration>) -> Self {
+    /// `timeout` is the `--timeout` given, for the message when it runs out; output is also
+    /// copied to `output_dir` when given.
+    pub fn new(timeout: Option<Duration>, output_dir: Option<PathBuf>) -> Self {
         Self {
             timeout,
+            output_dir,
             // Stays so only when the target was never started (a stop came first).
             status: exit::UNREACHABLE,
         }
@@ -29,17 +33,29 @@ impl Single {
 }
 
 impl Renderer<Outcome> for Single {
-    type Sink = Passthrough;
+    type Sink = Tee<Passthrough>;
 
-    fn start(&mut self, _target: &Target, _stop: &Stop) -> Passthrough {
-        Passthrough::new()
+    fn start(&mut self, target: &Target, _stop: &Stop) -> Tee<Passthrough> {
+        match &self.output_dir {
+            None => Tee::plain(Passthrough::new()),
+            Some(dir) => {
+                Tee::to_dir(dir, &target.spelling, Passthrough::new()).unwrap_or_else(|e| {
+                    eprintln!("ctl: {target}: {e}");
+                    Tee::plain(Passthrough::new())
+                })
+            }
+        }
     }
 
-    fn finish(&mut self, target: Target, outcome: Outcome, _sink: Passthrough) {
+    fn finish(&mut self, target: Target, outcome: Outcome, sink: Tee<Passthrough>) {
         if let Some(line) = diagnosis(&target, &outcome, self.timeout) {
             eprint!("{line}");
         }
         self.status = outcome.exit_code();
+        if let Some(line) = copy_failure(&target, sink.into_parts().1) {
+            eprint!("{line}");
+            self.status = self.status.max(exit::FAILURE);
+        }
     }
 
     fn lost(&mut self, why: String) {
@@ -47,7 +63,7 @@ impl Renderer<Outcome> for Single {
         self.status = exit::UNREACHABLE;
     }
 
-    fn end(&mut self, _skipped: Vec<Target>) -> u8 {
+    fn end(&mut self, _skipped: Vec<Target>, _why: Unstarted) -> u8 {
         self.status
     }
 }

@@ -5,9 +5,12 @@
 
 use std::collections::BTreeMap;
 
+use crate::engine::Unstarted;
+use crate::nodeset;
 use crate::outcome::{Ending, Failure};
 
-/// How many targets the summary names per kind of failure before it says how many more.
+/// How many folded words (`web[01-09]` is one) the summary shows per kind of failure before
+/// it says how many more targets there are.
 const SUMMARY_NAMES: usize = 20;
 
 /// Targets named by the order they were given in, with their spelling.
@@ -20,7 +23,8 @@ pub struct Summary {
     /// Reached but not successful, by (exit status, label).
     failed: BTreeMap<(u8, String), Names>,
     unreachable: Names,
-    skipped: usize,
+    skipped: Vec<String>,
+    why_skipped: Option<Unstarted>,
 }
 
 impl Summary {
@@ -70,15 +74,16 @@ impl Summary {
         }
     }
 
-    /// Counts `n` targets that were never started.
-    pub fn skipped(&mut self, n: usize) {
-        self.skipped += n;
+    /// Counts `names`, never started for the reason given.
+    pub fn skipped(&mut self, names: Vec<String>, why: Unstarted) {
+        self.skipped = names;
+        self.why_skipped = Some(why);
     }
 
     /// The summary line, without a newline.
     pub fn line(&mut self) -> String {
         let failed: usize = self.failed.values().map(Vec::len).sum();
-        let total = self.ok + failed + self.unreachable.len() + self.skipped;
+        let total = self.ok + failed + self.unreachable.len() + self.skipped.len();
         let plural = if total == 1 { "" } else { "s" };
         let mut line = format!(
             "ctl: {total} target{plural}: {} ok, {failed} failed",
@@ -96,26 +101,40 @@ impl Summary {
         if !self.unreachable.is_empty() {
             line += &format!(" ({})", list(&mut self.unreachable));
         }
-        if self.skipped > 0 {
-            line += &format!(", {} not started (stopped first)", self.skipped);
+        if !self.skipped.is_empty() {
+            let why = match self.why_skipped {
+                Some(Unstarted::MaxFail(n)) => format!("--max-fail reached after {n} failed"),
+                _ => "stopped first".into(),
+            };
+            let mut names: Names = self.skipped.iter().cloned().enumerate().collect();
+            line += &format!(
+                ", {} not started ({why}: {})",
+                self.skipped.len(),
+                list(&mut names)
+            );
         }
         line
     }
 }
 
-/// The names in the order given, the first [`SUMMARY_NAMES`] of them, then how many more.
+/// The names folded into ranges (`127.0.0.[2-21]`), the first [`SUMMARY_NAMES`] words of
+/// them, then how many more targets.
 fn list(names: &mut Names) -> String {
-    names.sort_unstable();
-    let shown = names
-        .iter()
-        .take(SUMMARY_NAMES)
-        .map(|(_, n)| n.as_str())
-        .collect::<Vec<_>>()
-        .join(", ");
-    match names.len().saturating_sub(SUMMARY_NAMES) {
-        0 => shown,
-        more => format!("{shown} and {more} more"),
+    let folded = nodeset::fold(&names.iter().map(|(_, n)| n).collect::<Vec<_>>());
+    let words = nodeset::split_list(&folded);
+    if words.len() <= SUMMARY_NAMES {
+        return words.join(",");
     }
+    let shown = &words[..SUMMARY_NAMES];
+    let counted: usize = shown
+        .iter()
+        .map(|w| nodeset::expand(w).map_or(1, |n| n.len()))
+        .sum();
+    format!(
+        "{} and {} more",
+        shown.join(","),
+        names.len().saturating_sub(counted)
+    )
 }
 
 #[cfg(test)]
@@ -139,7 +158,7 @@ mod tests {
         }
         assert_eq!(
             s.line(),
-            "ctl: 6 targets: 1 ok, 4 failed (exit 1: c, e; exit 2: b; timed out: f), 1 unreachable (d)"
+            "ctl: 6 targets: 1 ok, 4 failed (exit 1: c,e; exit 2: b; timed out: f), 1 unreachable (d)"
         );
         let mut files = Summary::default();
         files.record_status(0, "a", 0, false, "");
@@ -152,24 +171,34 @@ mod tests {
         let mut one = Summary::default();
         one.record(0, "a", &Ending::Exited(0));
         assert_eq!(one.line(), "ctl: 1 target: 1 ok, 0 failed, 0 unreachable");
-        one.skipped(2);
+        one.skipped(vec!["n2".into(), "n1".into()], Unstarted::MaxFail(1));
         assert_eq!(
             one.line(),
-            "ctl: 3 targets: 1 ok, 0 failed, 0 unreachable, 2 not started (stopped first)"
+            "ctl: 3 targets: 1 ok, 0 failed, 0 unreachable, \
+             2 not started (--max-fail reached after 1 failed: n[1-2])"
         );
     }
 
     #[test]
-    fn summary_shortens_long_lists() {
+    fn summary_folds_and_shortens_long_lists() {
         let mut s = Summary::default();
         for i in 0..30 {
-            s.record(
-                i,
-                &format!("h{i}"),
-                &Ending::Failed(Failure::Auth("x".into())),
-            );
+            let auth = Ending::Failed(Failure::Auth("x".into()));
+            s.record(i, &format!("h{i}"), &auth);
         }
         let line = s.line();
-        assert!(line.ends_with("h19 and 10 more)"), "{line}");
+        assert!(line.ends_with("unreachable (h[0-29])"), "{line}");
+        let mut s = Summary::default();
+        for i in 0..30 {
+            s.record(i, &format!("host{}", "x".repeat(i + 1)), &Ending::Exited(3));
+        }
+        let line = s.line();
+        assert!(line.contains("exit 3: hostx,hostxx,"), "{line}");
+        assert!(line.ends_with(" and 10 more), 0 unreachable"), "{line}");
+        let mut s = Summary::default();
+        for (i, t) in ["127.0.0.2", "127.0.0.3", "127.0.0.4"].iter().enumerate() {
+            s.record(i, t, &Ending::Exited(1));
+        }
+        assert!(s.line().contains("(exit 1: 127.0.0.[2-4])"), "{}", s.line());
     }
 }
