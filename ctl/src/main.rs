@@ -286,11 +286,12 @@ async fn ping(args: PingArgs) -> u8 {
 /// The targets and the remaining words of a push or pull command line.
 fn copy_targets(
     targets: &TargetArgs,
+    settings: &Settings,
     words: &[std::ffi::OsString],
 ) -> Result<(Vec<Target>, Vec<std::ffi::OsString>), String> {
     let mut words = words.to_vec();
     if targets.many() {
-        let list = fleet_targets(targets, &[])?;
+        let list = choose(targets, &[], settings)?;
         if list.is_empty() {
             return Err("no targets: -H and --hosts-file named none".into());
         }
@@ -303,12 +304,24 @@ fn copy_targets(
     let text = first
         .to_str()
         .ok_or_else(|| format!("invalid target {first:?}: not UTF-8"))?;
-    Ok((vec![Target::parse(text, targets.port)?], words))
+    let list = choose(targets, &[text.to_owned()], settings)?;
+    if list.len() != 1 {
+        return Err(format!(
+            "TARGET {text:?} names {} targets; use -H {text:?} to copy to several",
+            list.len()
+        ));
+    }
+    Ok((list, words))
 }
 
 async fn push(args: PushArgs) -> u8 {
     use std::os::unix::ffi::OsStrExt;
-    let (targets, mut words) = match copy_targets(&args.targets, &args.words) {
+    setup::init_logging(args.targets.verbose);
+    let settings = match setup::resolve(&args.targets, &args.key) {
+        Ok(s) => s,
+        Err(e) => return usage_error(e),
+    };
+    let (targets, mut words) = match copy_targets(&args.targets, &settings, &args.words) {
         Ok(x) => x,
         Err(e) => return usage_error(e),
     };
@@ -337,7 +350,7 @@ async fn push(args: PushArgs) -> u8 {
     if sources.is_empty() {
         return worst;
     }
-    let key = match keys::load(args.key.key_file.as_deref(), args.key.key_id.as_deref()) {
+    let key = match keys::load(settings.key_file.as_deref(), args.key.key_id.as_deref()) {
         Ok(key) => key,
         Err(e) => return usage_error(format!("{e:#}")),
     };
@@ -348,17 +361,22 @@ async fn push(args: PushArgs) -> u8 {
     };
     let report: transfer::hub::Report = Box::new(|message| eprintln!("ctl: {message}"));
     let job = transfer::Push {
-        common: transfer_common(key, &args.targets, &args.copy),
+        common: transfer_common(key, &settings, &args.copy),
         hub: transfer::hub::Hub::new(sources, args.copy.recursive, report),
         request,
     };
-    let code = run_transfer(Arc::new(job), &args.targets, &args.copy, targets).await;
+    let code = run_transfer(Arc::new(job), &args.targets, &settings, &args.copy, targets).await;
     worst.max(code)
 }
 
 async fn pull(args: PullArgs) -> u8 {
     use std::os::unix::ffi::OsStrExt;
-    let (targets, mut words) = match copy_targets(&args.targets, &args.words) {
+    setup::init_logging(args.targets.verbose);
+    let settings = match setup::resolve(&args.targets, &args.key) {
+        Ok(s) => s,
+        Err(e) => return usage_error(e),
+    };
+    let (targets, mut words) = match copy_targets(&args.targets, &settings, &args.words) {
         Ok(x) => x,
         Err(e) => return usage_error(e),
     };
@@ -379,12 +397,12 @@ async fn pull(args: PullArgs) -> u8 {
             return exit::FAILURE;
         }
     }
-    let key = match keys::load(args.key.key_file.as_deref(), args.key.key_id.as_deref()) {
+    let key = match keys::load(settings.key_file.as_deref(), args.key.key_id.as_deref()) {
         Ok(key) => key,
         Err(e) => return usage_error(format!("{e:#}")),
     };
     let job = transfer::Pull {
-        common: transfer_common(key, &args.targets, &args.copy),
+        common: transfer_common(key, &settings, &args.copy),
         request: rexec_shared::files::wire::PullRequest {
             paths: words.iter().map(|w| w.as_bytes().to_vec()).collect(),
             recursive: args.copy.recursive,
@@ -393,17 +411,17 @@ async fn pull(args: PullArgs) -> u8 {
         many: args.targets.many(),
         keep_times: args.copy.preserve,
     };
-    run_transfer(Arc::new(job), &args.targets, &args.copy, targets).await
+    run_transfer(Arc::new(job), &args.targets, &settings, &args.copy, targets).await
 }
 
 fn transfer_common(
     key: rexec_shared::keyfile::KeyEntry,
-    targets: &TargetArgs,
+    settings: &Settings,
     copy: &CopyArgs,
 ) -> transfer::Common {
     transfer::Common {
         key,
-        connect_timeout: targets.connect_timeout,
+        connect_timeout: settings.connect_timeout,
         timeout: copy.timeout,
     }
 }
@@ -411,13 +429,19 @@ fn transfer_common(
 async fn run_transfer<J: engine::Job<Done = transfer::Transfer>>(
     job: Arc<J>,
     target_args: &TargetArgs,
+    settings: &Settings,
     copy: &CopyArgs,
     targets: Vec<Target>,
 ) -> u8 {
+    if let Err(e) = setup::fit_fd_limit(settings.parallel, 2) {
+        return usage_error(e);
+    }
     let interrupted = signals::watch();
     let stop = Stop::following(interrupted.clone());
     let limits = Limits {
-        parallel: target_args.parallel as usize,
+        parallel: settings.parallel as usize,
+        max_fail: None,
+        batch: None,
     };
     let mut renderer =
         render::transfer::Transfers::new(copy.json, target_args.many(), targets.len());

@@ -5,7 +5,7 @@
 use std::io;
 use std::sync::Arc;
 
-use crate::engine::{Renderer, Stop};
+use crate::engine::{Renderer, Stop, Unstarted};
 use crate::exit;
 use crate::output::Output;
 use crate::render::progress::Progress;
@@ -122,14 +122,16 @@ impl Renderer<Transfer> for Transfers {
         self.worst = exit::UNREACHABLE;
     }
 
-    fn end(&mut self, skipped: Vec<Target>) -> u8 {
+    fn end(&mut self, skipped: Vec<Target>, why: Unstarted) -> u8 {
         self.console.clear_progress();
-        self.summary.skipped(skipped.len());
+        let none_started = skipped.is_empty();
+        self.summary
+            .skipped(skipped.into_iter().map(|t| t.spelling).collect(), why);
         if self.many {
             let line = format!("{}\n", self.summary.line());
             let _ = self.console.write(To::Err, line.as_bytes());
         }
-        if skipped.is_empty() {
+        if none_started {
             self.worst
         } else {
             self.worst.max(exit::FAILURE)

@@ -184,6 +184,10 @@ impl Job for Push {
         );
         bounded(work, c.timeout, stop).await
     }
+
+    fn failed(done: &Transfer) -> bool {
+        done.exit_code() != 0
+    }
 }
 
 impl Job for Pull {
@@ -219,6 +223,10 @@ impl Job for Pull {
             &mut note,
         );
         bounded(work, c.timeout, stop).await
+    }
+
+    fn failed(done: &Transfer) -> bool {
+        done.exit_code() != 0
     }
 }
 
