@@ -420,7 +420,7 @@ mod tests {
             ("from=10.0.0.0/+8", "prefix length"),
             ("from=10.0.0.1;", "empty address"),
             ("max-timeout=0", "option max-timeout"),
-            ("max-timeout=soon", "not a number of seconds"),
+            ("max-timeout=soon", "not a duration"),
             ("command=\"\"", "option command= needs a command"),
             ("command=\"echo", "never closed"),
             ("command=echo\"x\"", "may only open the value"),
