@@ -6,7 +6,25 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::time::Duration;
 
-use crate::util::{ctl, exec, scratch, Agent, Ctl, KillOnDrop, LineReader};
+use crate::util::{ctl, eventually, exec, scratch, Agent, Ctl, KillOnDrop, LineReader};
+
+/// Stops `agent` with SIGSTOP and waits until every one of its threads is stopped.
+fn freeze(agent: &Agent) {
+    agent.signal(libc::SIGSTOP);
+    let stopped = eventually(Duration::from_secs(10), || {
+        let tasks = format!("/proc/{}/task", agent.pid());
+        std::fs::read_dir(tasks).is_ok_and(|dir| {
+            dir.filter_map(Result::ok).all(|t| {
+                std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
+                    stat.rsplit(')')
+                        .next()
+                        .is_some_and(|r| r.trim_start().starts_with('T'))
+                })
+            })
+        })
+    });
+    assert!(stopped, "the agent did not stop");
+}
 
 /// Waits until the remote command has printed `started` (so it runs on the agent).
 fn wait_started(child: &mut KillOnDrop) {
@@ -101,7 +119,7 @@ fn a_frozen_agent_is_not_claimed_killed_and_a_cancel_names_the_target() {
     let mut child =
         KillOnDrop(exec_with(&agent, &["--timeout", "1"], "echo started; sleep 30").spawn());
     wait_started(&mut child);
-    agent.signal(libc::SIGSTOP);
+    freeze(&agent);
     let status = child.wait_within(Duration::from_secs(30), "ctl past --timeout");
     let mut err = String::new();
     child
@@ -122,7 +140,7 @@ fn a_frozen_agent_is_not_claimed_killed_and_a_cancel_names_the_target() {
     // the target that did not confirm.
     let mut child = KillOnDrop(exec(&agent, "echo started; sleep 30").spawn());
     wait_started(&mut child);
-    agent.signal(libc::SIGSTOP);
+    freeze(&agent);
     child.signal(libc::SIGTERM);
     let status = child.wait_within(Duration::from_secs(20), "ctl after SIGTERM");
     assert_eq!(status.code(), Some(143));
