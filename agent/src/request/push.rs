@@ -53,6 +53,12 @@ fn destination(req: &PushRequest) -> Result<Options, String> {
                 "destination {shown} is not a directory (several sources go into a directory)"
             ))
         }
+        // Renaming over /dev/null or a FIFO would replace it: refused, as the sink refuses it.
+        Ok(meta) if !meta.is_file() => {
+            return Err(format!(
+                "destination {shown} is a device, FIFO or socket; a file is never put in its place"
+            ))
+        }
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && req.into_dir => {
             return Err(format!(

@@ -393,6 +393,10 @@ impl Writer {
                 (header.mtime_secs, header.mtime_nanos),
             );
         }
+        if let Err(e) = replaceable(parent, name) {
+            unlink_at(parent, &tmp);
+            return Err(e);
+        }
         if let Err(e) = rename_at(parent, &tmp, name) {
             unlink_at(parent, &tmp);
             return Err(format!("cannot put the symlink in place: {e}"));
@@ -586,6 +590,7 @@ impl Incoming {
             )
         })?;
         drop(file);
+        replaceable(&self.dir, &self.name).map_err(|e| format!("{shown}: {e}"))?;
         rename_at(&self.dir, &self.tmp, &self.name).map_err(|e| {
             format!("{shown}: cannot put the file in place: {e}; the old file is kept")
         })?;
@@ -675,6 +680,21 @@ fn stat_at(dir: &OwnedFd, name: &CString) -> io::Result<libc::stat> {
             return Err(io::Error::last_os_error());
         }
         Ok(st)
+    }
+}
+
+/// Refuses to replace a device, FIFO or socket (`/dev/null` above all) with a file: the
+/// rename would put the file where the device was.
+fn replaceable(dir: &OwnedFd, name: &[u8]) -> Result<(), String> {
+    let c = cstring(name).ok_or("name holds a NUL byte")?;
+    match stat_at(dir, &c) {
+        Ok(st) => match st.st_mode & libc::S_IFMT {
+            libc::S_IFCHR | libc::S_IFBLK | libc::S_IFIFO | libc::S_IFSOCK => Err(
+                "exists and is a device, FIFO or socket; a file is never put in its place".into(),
+            ),
+            _ => Ok(()),
+        },
+        Err(_) => Ok(()),
     }
 }
 
@@ -958,6 +978,26 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o7777, 0o755);
+    }
+
+    #[test]
+    fn a_device_or_fifo_is_never_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let c = CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let mut ops = send_file(b"fifo", b"x", 0o644);
+        ops.push(Op::Header(entry(EntryKind::Symlink, b"fifo", b"target")));
+        let events = run(options(dir.path()), ops, true);
+        let failed = events
+            .iter()
+            .filter(|e| matches!(e, Event::Failed { message, .. } if message.contains("device, FIFO or socket")))
+            .count();
+        assert_eq!(failed, 2, "{events:?}");
+        let meta = std::fs::symlink_metadata(&fifo).unwrap();
+        assert!(std::os::unix::fs::FileTypeExt::is_fifo(&meta.file_type()));
+        assert_eq!(names(dir.path()), ["fifo"]);
     }
 
     #[test]
