@@ -10,7 +10,7 @@ use std::time::Instant;
 use rexec_shared::files::source::{self, Event};
 use rexec_shared::files::wire::{FileError, PullRequest};
 use rexec_shared::files::Enter;
-use rexec_shared::message::ServerMsg;
+use rexec_shared::message::{kind, ServerMsg};
 use rexec_shared::transport::{SealedReader, SealedWriter};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
@@ -56,7 +56,7 @@ where
             event = events.recv() => {
                 let sent = match event {
                     Some(Event::Header(h)) => writer.send_server(&ServerMsg::FileHeader(h)).await,
-                    Some(Event::Data(data)) => writer.send_server(&ServerMsg::FileData(&data[..])).await,
+                    Some(Event::Data(data)) => writer.send(kind::PULL_DATA, &data).await,
                     Some(Event::End(end)) => writer.send_server(&ServerMsg::FileEnd(end)).await,
                     Some(Event::Failed { path, message }) => {
                         writer.send_server(&ServerMsg::FileError(FileError { path, message })).await

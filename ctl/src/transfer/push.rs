@@ -7,7 +7,7 @@ use std::time::Instant;
 use rexec_shared::files::source::Event;
 use rexec_shared::files::wire::{PushRequest, TransferDone};
 use rexec_shared::keyfile::KeyEntry;
-use rexec_shared::message::{Request, ServerMsg, StreamMsg};
+use rexec_shared::message::{kind, Request, ServerMsg, StreamMsg};
 use rexec_shared::ProtocolError;
 use tokio::sync::mpsc;
 
@@ -102,7 +102,8 @@ async fn send_all<W: tokio::io::AsyncWrite + Unpin>(
     while let Some(event) = events.recv().await {
         match event {
             Event::Header(h) => writer.send_stream(&StreamMsg::FileHeader(h)).await?,
-            Event::Data(data) => writer.send_stream(&StreamMsg::FileData(&data[..])).await?,
+            // The body is the data itself: sealed straight from the shared chunk.
+            Event::Data(data) => writer.send(kind::PUSH_DATA, &data).await?,
             Event::End(end) => writer.send_stream(&StreamMsg::FileEnd(end)).await?,
             Event::Failed { .. } => {}
             Event::Done(done) => {
