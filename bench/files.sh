@@ -5,7 +5,8 @@
 #   bench/files.sh            1 GiB, 3 runs each
 #   bench/files.sh --quick    64 MiB, 2 runs each; writes target/bench/benchmarks-files-quick.md
 #
-# Options: --quick, --no-build (use the release binaries in target/release), --out FILE.
+# Options: --quick, --no-build (use the release binaries in target/release), --out FILE,
+#          --size MIB (the file's size; a quick run's page unless it is 1024).
 #
 # What it starts, all stopped by pid when it exits: an OpenSSH server with its own config,
 # host key and authorized_keys in a temp dir (never the system's), listening on
@@ -19,18 +20,20 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 QUICK=0
 BUILD=1
 OUT=""
+SIZE=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=1 ;;
         --no-build) BUILD=0 ;;
         --out) OUT=$2; shift ;;
+        --size) SIZE=$2; QUICK=1; shift ;;
         -h | --help) sed -n "2,/^set -E/p" "$0" | sed "\$d"; exit 0 ;;
         *) echo "bench/files.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
     esac
     shift
 done
 if [ "$QUICK" = 1 ]; then
-    MIB=64; RUNS=2
+    MIB=${SIZE:-64}; RUNS=2
     OUT=${OUT:-$ROOT/target/bench/benchmarks-files-quick.md}
 else
     MIB=1024; RUNS=3
@@ -225,9 +228,18 @@ for label, name, n in rows:
 ctl8, pdcp8 = t("ctl_8")[0], t("pdcp_8")[0]
 lines += ["", f"At 8 targets ctl push took {ctl8:.2f} s and pdcp {pdcp8:.2f} s: ctl is"
           f" {pdcp8 / ctl8:.1f}x as fast (target: at least 2x)."]
+loads = [float(open(f"{res}/{name}.load").read().split()[0]) for _, name, _ in rows]
+if max(loads) > os.cpu_count():
+    lines += ["", "The 1-minute load average as each part started was "
+              + ", ".join(f"{l:.1f} ({name})" for l, (_, name, _) in zip(loads, rows))
+              + f", above the {os.cpu_count()} cores: other work competed for the CPU, and the"
+              " scheduler shares it out by runnable thread, so a tool that runs more processes"
+              " (pdcp and scp: an ssh, an sshd and a copy process per target) gets more of it"
+              " than one that runs fewer (ctl and one agent). Rerun on an idle machine before"
+              " comparing."]
 try:
     rss = int(open(f"{res}/ctl_8.rss").read().split()[-1])
-    lines.append(f"ctl's peak memory (max RSS) while pushing the {mib} MiB file to 8 targets: {rss / 1024:.1f} MiB.")
+    lines += ["", f"ctl's peak memory (max RSS) while pushing the {mib} MiB file to 8 targets: {rss / 1024:.1f} MiB.")
 except Exception:
     pass
 lines += ["", "ctl reads the file once for the 8 targets (one reader thread, 256 KiB chunks shared"

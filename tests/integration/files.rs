@@ -515,3 +515,30 @@ fn a_non_utf8_source_name_is_copied_as_is() {
     run.expect_code(0);
     assert_eq!(std::fs::read(dest.join(name)).unwrap(), b"bytes");
 }
+
+#[test]
+fn timeout_bounds_a_target_that_stops_answering() {
+    let agent = Agent::start();
+    let dir = scratch();
+    let src = dir.path().join("f");
+    std::fs::write(&src, b"x").unwrap();
+    // A stopped agent still completes TCP connections (the kernel does), then says nothing.
+    agent.signal(libc::SIGSTOP);
+    let run = copy(
+        "push",
+        &agent,
+        &[
+            "--connect-timeout",
+            "60",
+            "--timeout",
+            "1",
+            &agent.target(),
+            s(&src),
+            s(dir.path()),
+        ],
+    )
+    .run();
+    agent.signal(libc::SIGCONT);
+    run.expect_code(124);
+    assert!(run.err().contains("timed out"), "{run}");
+}
