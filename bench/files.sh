@@ -239,7 +239,7 @@ if max(loads) > os.cpu_count():
               " comparing."]
 try:
     rss = int(open(f"{res}/ctl_8.rss").read().split()[-1])
-    lines += ["", f"ctl's peak memory (max RSS) while pushing the {mib} MiB file to 8 targets: {rss / 1024:.1f} MiB.")
+    lines += ["", f"ctl's peak memory (max RSS) while pushing the {mib} MiB file to 8 targets: {rss / 1024:.1f} MiB."]
 except Exception:
     pass
 lines += ["", "ctl reads the file once for the 8 targets (one reader thread, 256 KiB chunks shared"
