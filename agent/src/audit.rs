@@ -1,4 +1,4 @@
-//! The audit record: one log line per command when it ends.
+//! The audit record: one log line per command when it starts, and one when it ends.
 
 use std::net::SocketAddr;
 
@@ -8,6 +8,12 @@ use crate::logging::AUDIT;
 use crate::policy::Refusal;
 use crate::request::exec::{KillReason, Outcome};
 use crate::request::push::Outcome as TransferOutcome;
+
+/// Logs that a command is about to start (before anything is spawned): peer, key id, command.
+pub fn started(peer: SocketAddr, key_id: &str, command: &[u8]) {
+    let command = String::from_utf8_lossy(command);
+    tracing::info!(target: AUDIT, %peer, key_id, command = &*command, "command started");
+}
 
 /// Logs the end of one command: peer, key id, command, the script it ran (`ctl exec
 /// --script`: its name and SHA-256), status, duration, bytes sent.

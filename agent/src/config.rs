@@ -16,10 +16,36 @@ pub struct Config {
     pub max_unauthenticated_per_source: Option<usize>,
     /// Time a client has from connecting to sending its request.
     pub handshake_timeout: Duration,
-    /// Time between SIGTERM and SIGKILL when a process group is killed.
+    /// Time between SIGTERM and SIGKILL when a command's process tree is killed.
     pub kill_grace: Duration,
+    /// Bounds on forwarding a command's output after it exited.
+    pub drain: Drain,
     /// Time running commands get to end and report after the agent is told to stop.
     pub shutdown_grace: Duration,
+}
+
+/// How long output is still forwarded after the command exited (from background processes
+/// holding its pipes, or left in the pipes): until the pipes close or one of these is reached.
+/// Then the exit status is sent, and the pipes are closed.
+#[derive(Debug, Clone, Copy)]
+pub struct Drain {
+    /// The pipes stayed quiet this long.
+    pub idle: Duration,
+    /// This much time passed since the exit, waiting and sending alike (a frame being sent
+    /// is finished).
+    pub time: Duration,
+    /// This many bytes were forwarded since the exit.
+    pub max_bytes: u64,
+}
+
+impl Default for Drain {
+    fn default() -> Self {
+        Self {
+            idle: Duration::from_millis(100),
+            time: Duration::from_secs(2),
+            max_bytes: 1 << 20,
+        }
+    }
 }
 
 /// Sizes and times inside one exec. The exec module takes them as constants from
@@ -28,11 +54,6 @@ pub struct Config {
 pub struct ExecLimits {
     /// Bytes read from a command's pipe per frame.
     pub chunk: usize,
-    /// After the command exits, stop draining its pipes once they stay quiet this long...
-    pub drain_idle: Duration,
-    /// ...or once this much time in all was spent waiting on them (time spent sending to a slow
-    /// client does not count, so output the command wrote before it exited is never cut).
-    pub drain_budget: Duration,
     /// How often a stalled stdin write checks whether the client is still there.
     pub liveness_probe: Duration,
 }
@@ -41,8 +62,6 @@ impl ExecLimits {
     /// The defaults; a `const` so that the exec module can take its sizes from here.
     pub const DEFAULT: Self = Self {
         chunk: 256 * 1024,
-        drain_idle: Duration::from_millis(100),
-        drain_budget: Duration::from_secs(2),
         liveness_probe: Duration::from_secs(1),
     };
 }
@@ -55,6 +74,7 @@ impl Default for Config {
             max_unauthenticated_per_source: None,
             handshake_timeout: Duration::from_secs(10),
             kill_grace: Duration::from_secs(2),
+            drain: Drain::default(),
             shutdown_grace: Duration::from_secs(5),
         }
     }

@@ -113,6 +113,7 @@ pub async fn serve(conn: Connection) {
         principal: &principal,
         policy: &policy,
         kill_grace: config.kill_grace,
+        drain: config.drain,
         shutdown,
         peer_closed: Box::new(move || peer_closed(fd)),
     };

@@ -5,6 +5,7 @@ mod admission;
 mod audit;
 mod config;
 mod connection;
+mod containment;
 mod credentials;
 mod keystore;
 mod logging;
@@ -34,15 +35,18 @@ use crate::logging::LIFECYCLE;
 /// Remote command-execution agent.
 ///
 /// Listens on TCP, proves to each client (and has each client prove) that both hold a key from
-/// the key file, then runs the client's command as `sh -c COMMAND` in its own process group and
-/// streams its output back over an encrypted, authenticated channel.
+/// the key file, then runs the client's command as `/bin/sh -c -- COMMAND` in its own process
+/// group and streams its output back over an encrypted, authenticated channel. Each command's
+/// whole process tree is held in a cgroup of its own where the agent can make one (else the
+/// agent is a child subreaper and marks each command's processes); the start-up log says which
+/// (`containment=cgroup` or `containment=subreaper`).
 ///
 /// Once it accepts connections it writes a line containing `listening` and the bound address
 /// to stderr. SIGTERM or SIGINT stops it: running commands are terminated and it exits 0.
 /// SIGHUP re-reads the key file without touching running commands.
 ///
-/// Every command is logged when it ends (target `audit`: peer, key_id, command, status,
-/// exit_code or signal, duration_ms, bytes_out), whatever the log level.
+/// Every command is logged when it starts (target `audit`: peer, key_id, command) and when it
+/// ends (also status, exit_code or signal, duration_ms, bytes_out), whatever the log level.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about, max_term_width = 100, after_help = AFTER_HELP)]
 struct Cli {
@@ -74,9 +78,19 @@ struct Cli {
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
     handshake_timeout: Duration,
 
-    /// Seconds between SIGTERM and SIGKILL when a command's process group is killed.
+    /// Seconds between SIGTERM and SIGKILL when a command's process tree is killed.
     #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_secs)]
     kill_grace: Duration,
+
+    /// How each command's process tree is held: a cgroup per command (`cgroup`), the agent
+    /// as child subreaper (`subreaper`), or the cgroup where one can be made (`auto`).
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = containment::Mode::Auto)]
+    containment: containment::Mode,
+
+    /// The cgroup v2 directory to make the commands' cgroups in [default: the agent's own
+    /// cgroup]. Under systemd the unit needs `Delegate=yes`.
+    #[arg(long, value_name = "DIR")]
+    cgroup_parent: Option<PathBuf>,
 
     /// Log line format on stderr: `text` for people, `json` (one object per line) for shippers.
     #[arg(long, value_name = "FORMAT", value_enum, default_value_t = logging::Format::Text)]
@@ -104,6 +118,9 @@ Exit status:
   2  usage error";
 
 fn main() -> ExitCode {
+    // First, before anything opens a descriptor of its own: whatever the agent inherited
+    // beyond 0-2 (a key file, a socket of its parent's) must not reach any command.
+    let inherited = close_inherited_on_exec();
     let cli = Cli::parse();
     let format = cli.log_format;
     logging::init(format, cli.log_level.as_deref());
@@ -117,6 +134,13 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Err(e) = inherited {
+        logging::fatal(
+            format,
+            &format!("cannot mark inherited descriptors close-on-exec: {e}"),
+        );
+        return ExitCode::from(1);
+    }
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -149,6 +173,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .context("cannot read the bound address")?;
     let key_file = cli.key_file.display();
     tracing::info!(target: LIFECYCLE, keys = keys.len(), %key_file, "loaded the key file");
+    let (held, fallback) = containment::init(cli.containment, cli.cgroup_parent.as_deref())
+        .map_err(|e| anyhow::anyhow!("cannot set up --containment: {e}"))?;
+    match (&held, fallback) {
+        (containment::Containment::Cgroup { parent }, _) => tracing::info!(
+            target: LIFECYCLE,
+            containment = "cgroup",
+            parent = %parent.display(),
+            "each command runs in a cgroup of its own"
+        ),
+        (containment::Containment::Subreaper, None) => tracing::info!(
+            target: LIFECYCLE,
+            containment = "subreaper",
+            "each command's processes are marked; the agent adopts their orphans"
+        ),
+        (containment::Containment::Subreaper, Some(why)) => tracing::warn!(
+            target: LIFECYCLE,
+            containment = "subreaper",
+            "no cgroup for commands ({why}); each command's processes are marked and the agent adopts their orphans"
+        ),
+    }
     // The address ends the line (no fields follow) so that scripts can take the last word.
     tracing::info!(target: LIFECYCLE, "agent {} listening on {addr}", env!("CARGO_PKG_VERSION"));
     let shutdown = async {
@@ -167,6 +211,42 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     });
     server::run(listener, store, config, shutdown).await;
     tracing::info!(target: LIFECYCLE, "stopped");
+    Ok(())
+}
+
+/// Marks every descriptor but 0, 1 and 2 close-on-exec.
+fn close_inherited_on_exec() -> std::io::Result<()> {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags; no descriptor is closed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    // Before Linux 5.11: one by one. The directory's own descriptor is close-on-exec already.
+    for entry in std::fs::read_dir("/proc/self/fd")? {
+        let Some(fd) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if fd > 2 {
+            // SAFETY: fcntl on a descriptor number; one that is not open just fails with EBADF.
+            unsafe {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags >= 0 {
+                    libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+                }
+            }
+        }
+    }
     Ok(())
 }
 

@@ -2,93 +2,338 @@
 //! in it, checking that it is gone, and the TERM-then-KILL grace.
 //!
 //! Callers build a `std::process::Command` (program, arguments, environment, stdio: pipes or a
-//! terminal) and hand it to [`spawn`], which adds the agent's own pre-exec steps and returns the
-//! leader as a `tokio::process::Child` plus a [`Tree`] handle that reaches everything the
-//! command starts. The exec loop and the interactive-session loop share it.
+//! terminal) and hand it to [`spawn`], which adds the containment's pre-exec step (see
+//! [`crate::containment`]) and returns the leader as a [`Child`] plus a [`Tree`] handle that
+//! reaches everything the command starts, whichever process group or session it moves to.
 
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::containment::{self, Containment, LEADERS};
 use crate::credentials::Switch;
 
 /// How often a tree being killed is checked for survivors.
 const GONE_POLL: Duration = Duration::from_millis(20);
 /// How long SIGKILL is given to take effect before a kill is reported as done anyway.
-const KILL_WAIT: Duration = Duration::from_secs(1);
+const KILL_WAIT: Duration = Duration::from_secs(2);
+/// How often an emptied cgroup of a command that left background processes is retried.
+const CGROUP_REMOVE_RETRY: Duration = Duration::from_secs(1);
+/// The environment variable that marks a command's processes under the subreaper.
+pub const TREE_MARKER: &str = "REXEC_TREE";
 
-/// Starts `cmd` and returns its leader with the handle on its tree; with `user`, the command
-/// runs as that user (see [`Switch`]).
+/// The command's leader; while it is held, the orphan reaper leaves its status to it.
+pub struct Child {
+    inner: tokio::process::Child,
+    pid: i32,
+}
+
+impl std::ops::Deref for Child {
+    type Target = tokio::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for Child {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.inner
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let mut leaders = LEADERS.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(set) = leaders.as_mut() {
+            set.remove(&self.pid);
+        }
+    }
+}
+
+/// Starts `cmd` in the containment in force and returns its leader with the handle on its tree;
+/// with `user`, the command runs as that user (see [`Switch`]).
 ///
 /// `cmd` must make the leader lead a new process group: `process_group(0)` for a command on
-/// pipes, `setsid()` in a pre-exec step for one on a terminal.
-pub fn spawn(mut cmd: Command, user: Option<Switch>) -> io::Result<(tokio::process::Child, Tree)> {
-    // Pre-exec steps run in the forked child, so they use only async-signal-safe calls.
-    // Privilege dropping is the last one, after every step that needs the agent's own rights.
-    // (Not with CommandExt::uid/gid: std applies those before any pre-exec step, and sets no
-    // supplementary groups.)
+/// pipes, `setsid()` in a pre-exec step for one on a terminal. The work (a cgroup made, a fork)
+/// runs on the blocking pool, so that many commands starting at once do not stall handshakes.
+pub async fn spawn(cmd: Command, user: Option<Switch>) -> io::Result<(Child, Tree)> {
+    tokio::task::spawn_blocking(move || spawn_now(cmd, user))
+        .await
+        .map_err(io::Error::other)?
+}
+
+fn spawn_now(mut cmd: Command, user: Option<Switch>) -> io::Result<(Child, Tree)> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let id = format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    // Pre-exec steps run in the forked child, in the order they are added, so they use only
+    // async-signal-safe calls:
+    // 1. joining the command's cgroup (needs the agent's own rights over it);
+    // 2. privilege dropping, the last one, after every step that needs the agent's own rights.
+    //    (Not with CommandExt::uid/gid: std applies those before any pre-exec step, and sets no
+    //    supplementary groups.)
+    let (kind, procs) = match containment::current() {
+        Containment::Cgroup { parent } => {
+            let dir = parent.join(format!("rexec-{id}"));
+            std::fs::create_dir(&dir).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot create cgroup {}: {e}", dir.display()),
+                )
+            })?;
+            match containment::join_on_exec(&mut cmd, &dir) {
+                Ok(procs) => (Kind::Cgroup(dir), Some(procs)),
+                Err(e) => {
+                    let _ = std::fs::remove_dir(&dir);
+                    return Err(e);
+                }
+            }
+        }
+        Containment::Subreaper => {
+            cmd.env(TREE_MARKER, &id);
+            (
+                Kind::Marked(format!("{TREE_MARKER}={id}").into_bytes()),
+                None,
+            )
+        }
+    };
     if let Some(switch) = user {
         // SAFETY: run_in_child allocates nothing and makes only async-signal-safe calls.
         unsafe {
             cmd.pre_exec(move || switch.run_in_child());
         }
     }
-    let child = tokio::process::Command::from(cmd).spawn()?;
-    let leader = child
-        .id()
-        .and_then(|id| i32::try_from(id).ok())
-        .ok_or_else(|| io::Error::other("the command exited before its id was read"))?;
-    Ok((child, Tree { leader }))
+    let spawned = if procs.is_some() {
+        // No orphan reaper runs with a cgroup: nothing to tell it.
+        tokio::process::Command::from(cmd).spawn()
+    } else {
+        let mut leaders = LEADERS.lock().unwrap_or_else(|e| e.into_inner());
+        let spawned = tokio::process::Command::from(cmd).spawn();
+        if let Ok(pid) = spawned
+            .as_ref()
+            .map(|c| c.id().and_then(|id| i32::try_from(id).ok()))
+        {
+            leaders.get_or_insert_with(HashSet::new).extend(pid);
+        }
+        spawned
+    };
+    drop(procs);
+    let inner = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            if let Kind::Cgroup(dir) = &kind {
+                let _ = std::fs::remove_dir(dir);
+            }
+            return Err(e);
+        }
+    };
+    let tree = Tree(Arc::new(Inner {
+        leader: inner
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .unwrap_or(0),
+        kind,
+    }));
+    let pid = tree.leader();
+    Ok((Child { inner, pid }, tree))
 }
 
-/// Everything a command started: its process group.
+/// Everything a command started, however it moved.
 #[derive(Debug, Clone)]
-pub struct Tree {
+pub struct Tree(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
     leader: i32,
+    kind: Kind,
+}
+
+#[derive(Debug)]
+enum Kind {
+    /// The command's cgroup directory.
+    Cgroup(PathBuf),
+    /// The `REXEC_TREE=...` entry its processes carry in their environment.
+    Marked(Vec<u8>),
 }
 
 impl Tree {
-    /// The pid of the command's leader, which is also its process group id.
+    /// The pid of the command's leader.
     pub fn leader(&self) -> i32 {
-        self.leader
+        self.0.leader
     }
 
     /// Sends `signal` to every process of the tree.
     pub fn signal(&self, signal: i32) {
-        // SAFETY: killpg has no memory-safety preconditions; a vanished group only yields ESRCH.
-        unsafe {
-            libc::killpg(self.leader, signal);
+        if signal == libc::SIGKILL {
+            if let Kind::Cgroup(dir) = &self.0.kind {
+                // All at once, so nothing can fork its way out between reads.
+                if std::fs::write(dir.join("cgroup.kill"), "1").is_ok() {
+                    return;
+                }
+            }
+        }
+        for pid in self.members() {
+            // SAFETY: kill has no memory-safety preconditions; a pid that just died is ESRCH.
+            unsafe { libc::kill(pid, signal) };
         }
     }
 
     /// Whether no process of the tree is left (zombies waiting to be reaped aside).
     pub fn is_gone(&self) -> bool {
-        // SAFETY: as above; signal 0 only checks that the group exists.
-        let rc = unsafe { libc::killpg(self.leader, 0) };
-        !(rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
+        match &self.0.kind {
+            Kind::Cgroup(dir) => match std::fs::read_to_string(dir.join("cgroup.events")) {
+                Ok(events) => events.lines().any(|l| l == "populated 0"),
+                Err(e) => e.kind() == io::ErrorKind::NotFound,
+            },
+            Kind::Marked(_) => self.members().is_empty(),
+        }
     }
 
     /// Ends the tree: `first` to every process, then SIGKILL to whatever is left after `grace`.
-    /// Returns once the tree is gone, or a short while after SIGKILL if something lingers.
+    /// Returns once the tree is gone, or [`KILL_WAIT`] after SIGKILL if something lingers.
     pub async fn terminate(&self, first: i32, grace: Duration) {
         self.signal(first);
-        if !self.gone_within(grace).await {
-            self.signal(libc::SIGKILL);
-            self.gone_within(KILL_WAIT).await;
-        }
-    }
-
-    async fn gone_within(&self, limit: Duration) -> bool {
-        let end = Instant::now() + limit;
-        loop {
-            if self.is_gone() {
-                return true;
-            }
+        let end = Instant::now() + grace;
+        while !self.is_gone() {
             if Instant::now() >= end {
-                return false;
+                break;
             }
             tokio::time::sleep(GONE_POLL).await;
         }
+        // Again for a tree that was seen in pieces (processes forked between two scans).
+        let end = Instant::now() + KILL_WAIT;
+        while !self.is_gone() && Instant::now() < end {
+            self.signal(libc::SIGKILL);
+            tokio::time::sleep(GONE_POLL).await;
+        }
     }
+
+    /// Pids of the live processes of the tree.
+    fn members(&self) -> Vec<i32> {
+        match &self.0.kind {
+            Kind::Cgroup(dir) => cgroup_members(dir),
+            Kind::Marked(marker) => marked_members(self.0.leader, marker),
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let Kind::Cgroup(dir) = &self.kind else {
+            return;
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            let _ = containment::remove_cgroup(dir);
+            return;
+        };
+        // Off the async workers (cgroup removal can take the kernel a while), and retried while
+        // background processes the command left running on purpose still live in it.
+        let dir = dir.clone();
+        rt.spawn(async move {
+            loop {
+                let attempt = dir.clone();
+                let removed =
+                    tokio::task::spawn_blocking(move || containment::remove_cgroup(&attempt)).await;
+                if !matches!(removed, Ok(Err(_))) {
+                    return;
+                }
+                tokio::time::sleep(CGROUP_REMOVE_RETRY).await;
+            }
+        });
+    }
+}
+
+fn cgroup_members(dir: &std::path::Path) -> Vec<i32> {
+    let mut pids: Vec<i32> = std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.parse().ok())
+        .collect();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                pids.extend(cgroup_members(&entry.path()));
+            }
+        }
+    }
+    pids
+}
+
+/// The leader, what carries `marker`, and every live descendant of either.
+fn marked_members(leader: i32, marker: &[u8]) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let procs = scan();
+    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+    let mut roots = vec![leader];
+    for (&pid, stat) in &procs {
+        children.entry(stat.ppid).or_default().push(pid);
+        if pid != me && !stat.zombie && carries(pid, marker) {
+            roots.push(pid);
+        }
+    }
+    let mut seen = HashSet::new();
+    while let Some(pid) = roots.pop() {
+        if pid <= 1 || pid == me || !seen.insert(pid) {
+            continue;
+        }
+        roots.extend(children.get(&pid).into_iter().flatten());
+    }
+    seen.into_iter()
+        .filter(|pid| procs.get(pid).is_some_and(|s| !s.zombie))
+        .collect()
+}
+
+fn carries(pid: i32, marker: &[u8]) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .map(|env| env.split(|&b| b == 0).any(|entry| entry == marker))
+        .unwrap_or(false)
+}
+
+/// What the tree walk needs of one process.
+pub(crate) struct Stat {
+    pub(crate) ppid: i32,
+    pub(crate) zombie: bool,
+}
+
+/// Every process in /proc with its parent and whether it is a zombie.
+pub(crate) fn scan() -> HashMap<i32, Stat> {
+    let mut procs = HashMap::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return procs;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // The command name may hold spaces and parentheses: the fields follow the last ')'.
+        let Some((_, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().unwrap_or("");
+        let ppid = fields.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        procs.insert(
+            pid,
+            Stat {
+                ppid,
+                zombie: state == "Z" || state == "X",
+            },
+        );
+    }
+    procs
 }

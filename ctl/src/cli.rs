@@ -21,8 +21,8 @@ const EXIT_CODES: &str = "\
 Exit status (ctl exec, ping, keygen):
   N        the remote command's exit code (the highest of all targets' statuses)
   128+N    the remote command was killed by signal N
-  124      --timeout ran out (the remote process group was killed)
-  130/143  ctl got SIGINT/SIGTERM (the remote process group was terminated)
+  124      --timeout ran out (the remote process tree was killed)
+  130/143  ctl got SIGINT/SIGTERM (the remote process tree was terminated)
   255      a target could not be reached, authenticated, or its stream was cut or altered
   2        usage error, or an unusable key, hosts or config file
   1        ctl keygen: the output file exists, or cannot be written";

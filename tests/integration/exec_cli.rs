@@ -282,11 +282,14 @@ fn audit_logs_one_line_per_command_even_with_newlines_in_it() {
     audit_line(&agent, &format!("{tag}-c"));
     let log = agent.log();
     let lines: Vec<&str> = log.lines().filter(|l| l.contains(&tag)).collect();
-    assert_eq!(lines.len(), 3, "one line per command:\n{log}");
-    assert!(
-        lines.iter().all(|l| l.contains("command finished")),
-        "{log}"
+    assert_eq!(
+        lines.len(),
+        6,
+        "one line per command as it starts and ends:\n{log}"
     );
+    let count = |what: &str| lines.iter().filter(|l| l.contains(what)).count();
+    assert_eq!(count("command started"), 3, "{log}");
+    assert_eq!(count("command finished"), 3, "{log}");
     assert!(
         !log.lines().any(|l| l.starts_with("echo second line")),
         "a newline in a command stays escaped:\n{log}"

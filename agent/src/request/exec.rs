@@ -1,6 +1,6 @@
-//! Runs one command for an authenticated client: `sh -c` in its own process group, output
-//! streamed back with backpressure, stdin forwarded, and its process tree killed when it must
-//! be (through [`crate::process`]).
+//! Runs one command for an authenticated client: `/bin/sh -c --` in its own process group,
+//! output streamed back with backpressure, stdin forwarded, and its process tree killed when it
+//! must be (through [`crate::process`]).
 
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -14,21 +14,19 @@ use rexec_shared::message::{kind, ExecRequest, ExitStatus, ServerMsg, StreamMsg}
 use rexec_shared::transport::{SealedReader, SealedWriter};
 use rexec_shared::ProtocolError;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::process::{Child, ChildStdin};
+use tokio::process::ChildStdin;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::config::ExecLimits;
+use crate::config::{Drain, ExecLimits};
 use crate::credentials::Credentials;
-use crate::process::{self, Tree};
+use crate::process::{self, Child, Tree};
 
-// Sizes and times are defined, with their reasons, in crate::config::ExecLimits.
+// Sizes and times are defined, with their reasons, in crate::config.
 const CHUNK: usize = ExecLimits::DEFAULT.chunk;
-const DRAIN_IDLE: Duration = ExecLimits::DEFAULT.drain_idle;
-const DRAIN_BUDGET: Duration = ExecLimits::DEFAULT.drain_budget;
 const LIVENESS_PROBE: Duration = ExecLimits::DEFAULT.liveness_probe;
 
-/// Why the agent decided to end a command's process group.
+/// Why the agent decided to end a command's process tree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KillReason {
     /// The request's timeout ran out.
@@ -48,7 +46,7 @@ pub struct Outcome {
     pub status: Option<ExitStatus>,
     /// An error that kept the command from running, or ended the exchange early.
     pub error: Option<String>,
-    /// Why the agent killed the group, if it did.
+    /// Why the agent killed the process tree, if it did.
     pub killed: Option<KillReason>,
     /// Stdout and stderr bytes sent to the client.
     pub bytes_out: u64,
@@ -58,8 +56,10 @@ pub struct Outcome {
 
 /// Settings and signals an exec needs from the server.
 pub struct ExecContext {
-    /// Time between SIGTERM and SIGKILL when a group is killed.
+    /// Time between SIGTERM and SIGKILL when a process tree is killed.
     pub kill_grace: Duration,
+    /// Bounds on forwarding output after the command exited.
+    pub drain: Drain,
     /// Becomes true when the agent shuts down.
     pub shutdown: watch::Receiver<bool>,
     /// Tells whether the client's socket is closed even while it is not being read.
@@ -71,7 +71,7 @@ pub struct ExecContext {
 enum ClientEvent {
     Cancel(i32),
     /// The client is gone or broke the protocol. Carries the command's stdin pipe so that it
-    /// stays open until the group is dead: a cut stream must never reach the command as a
+    /// stays open until the tree is dead: a cut stream must never reach the command as a
     /// clean end of input it could act on.
     Gone {
         reason: String,
@@ -99,7 +99,7 @@ where
         bytes_out: 0,
         duration: Duration::ZERO,
     };
-    let (mut child, tree) = match spawn(&req, ctx.user.as_ref()) {
+    let (mut child, tree) = match spawn(&req, ctx.user.as_ref()).await {
         Ok(spawned) => spawned,
         Err(text) => {
             let _ = writer.send_server(&ServerMsg::Error(text.clone())).await;
@@ -133,6 +133,7 @@ where
         err_buf: Vec::with_capacity(HEADER_LEN + CHUNK + 16),
         sending: true,
         bytes_out: 0,
+        drain: ctx.drain,
     };
     let status = pump
         .run(&mut child, &mut writer, exited_tx, &events_tx)
@@ -179,6 +180,7 @@ struct Pump {
     /// False once the client is gone: output is then read and dropped.
     sending: bool,
     bytes_out: u64,
+    drain: Drain,
 }
 
 enum PumpEvent {
@@ -198,27 +200,33 @@ impl Pump {
     ) -> io::Result<std::process::ExitStatus> {
         let mut exited_tx = Some(exited_tx);
         let mut status = None;
-        let mut drain_left = DRAIN_BUDGET;
+        let mut exited_at: Option<Instant> = None;
+        let mut drained = 0u64;
         loop {
             if status.is_some() && self.stdout.is_none() && self.stderr.is_none() {
                 break;
             }
-            let quiet = status.is_some().then(|| drain_left.min(DRAIN_IDLE));
+            let quiet = exited_at.map(|at| {
+                let left = self.drain.time.saturating_sub(at.elapsed());
+                left.min(self.drain.idle)
+            });
             prepare(&mut self.out_buf);
             prepare(&mut self.err_buf);
-            let waiting_since = Instant::now();
             let event = tokio::select! {
                 s = child.wait(), if status.is_none() => PumpEvent::Exited(s),
                 n = read_some(&mut self.stdout, &mut self.out_buf) => PumpEvent::Stdout(n),
                 n = read_some(&mut self.stderr, &mut self.err_buf) => PumpEvent::Stderr(n),
                 () = tokio::time::sleep(quiet.unwrap_or_default()), if quiet.is_some() => PumpEvent::Quiet,
             };
-            if status.is_some() {
-                drain_left = drain_left.saturating_sub(waiting_since.elapsed());
+            if let (Some(_), PumpEvent::Stdout(Ok(n)) | PumpEvent::Stderr(Ok(n))) =
+                (exited_at, &event)
+            {
+                drained += *n as u64;
             }
             match event {
                 PumpEvent::Exited(s) => {
                     status = Some(s?);
+                    exited_at = Some(Instant::now());
                     if let Some(tx) = exited_tx.take() {
                         let _ = tx.send(());
                     }
@@ -235,8 +243,10 @@ impl Pump {
                 }
                 PumpEvent::Quiet => break,
             }
-            if status.is_some() && drain_left.is_zero() {
-                break;
+            if let Some(at) = exited_at {
+                if at.elapsed() >= self.drain.time || drained >= self.drain.max_bytes {
+                    break;
+                }
             }
         }
         // Exited is always set before the loop can break.
@@ -295,13 +305,15 @@ async fn read_some<P: AsyncRead + Unpin>(
     }
 }
 
-fn spawn(req: &ExecRequest, user: Option<&Credentials>) -> Result<(Child, Tree), String> {
+async fn spawn(req: &ExecRequest, user: Option<&Credentials>) -> Result<(Child, Tree), String> {
     let command = std::ffi::OsStr::from_bytes(&req.command);
     if req.command.contains(&0) {
         return Err("command contains a NUL byte".into());
     }
-    let mut cmd = std::process::Command::new("sh");
-    cmd.arg("-c").arg(command);
+    // By absolute path, so that the client's PATH cannot choose the shell; `--` so that a
+    // command starting with `-` or `+` is not taken for shell options.
+    let mut cmd = std::process::Command::new("/bin/sh");
+    cmd.arg0("sh").arg("-c").arg("--").arg(command);
     if let Some(user) = user {
         cmd.envs(user.env());
     }
@@ -345,7 +357,9 @@ fn spawn(req: &ExecRequest, user: Option<&Credentials>) -> Result<(Child, Tree),
     .stderr(Stdio::piped())
     .process_group(0);
     match user {
-        None => process::spawn(cmd, None).map_err(|e| format!("cannot start sh: {e}")),
+        None => process::spawn(cmd, None)
+            .await
+            .map_err(|e| format!("cannot start sh: {e}")),
         // The directory is entered after the drop, with the user's rights, not the agent's.
         Some(user) => {
             let switch = user.switch(cwd)?;
@@ -354,6 +368,7 @@ fn spawn(req: &ExecRequest, user: Option<&Credentials>) -> Result<(Child, Tree),
                 |d| d.display().to_string(),
             );
             process::spawn(cmd, Some(switch))
+                .await
                 .map_err(|e| format!("cannot start sh as user {} in {place}: {e}", user.name))
         }
     }
@@ -516,6 +531,7 @@ mod tests {
         let (_stop, shutdown) = watch::channel(false);
         let ctx = ExecContext {
             kill_grace: Duration::from_millis(500),
+            drain: Drain::default(),
             shutdown,
             peer_closed: Box::new(|| false),
             user: None,

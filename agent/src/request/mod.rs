@@ -29,8 +29,10 @@ pub struct RequestContext<'a> {
     pub principal: &'a Principal,
     /// What that key may do.
     pub policy: &'a Policy,
-    /// Time between SIGTERM and SIGKILL when a command is killed.
+    /// Time between SIGTERM and SIGKILL when a command's process tree is killed.
     pub kill_grace: Duration,
+    /// Bounds on forwarding a command's output after it exited.
+    pub drain: crate::config::Drain,
     /// Becomes true when the agent shuts down.
     pub shutdown: watch::Receiver<bool>,
     /// Tells whether the client's socket is closed even while it is not being read.
@@ -52,6 +54,7 @@ pub async fn dispatch<R, W>(
         principal,
         policy,
         kill_grace,
+        drain,
         shutdown,
         peer_closed,
     } = ctx;
@@ -75,8 +78,11 @@ pub async fn dispatch<R, W>(
         Request::Exec(req) => {
             let command = req.command.clone();
             let script = req.script.clone();
+            // Before anything is spawned: a command that kills the agent is on record too.
+            audit::started(peer, &principal.key_id, &command);
             let ctx = exec::ExecContext {
                 kill_grace,
+                drain,
                 shutdown,
                 peer_closed,
                 user,

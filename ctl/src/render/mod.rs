@@ -101,11 +101,11 @@ pub fn diagnosis(target: &Target, outcome: &Outcome, timeout: Option<Duration>) 
             // The connection's time includes connecting, so it is never shorter than the
             // command's: shorter than --timeout means the agent applied a shorter limit.
             Some(t) if outcome.duration >= t => Some(format!(
-                "ctl: {target}: command timed out after {}s; its process group was killed\n",
+                "ctl: {target}: command timed out after {}s; its process tree was killed\n",
                 t.as_secs_f64()
             )),
             _ => Some(format!(
-                "ctl: {target}: command timed out at the agent's limit for this key (max-timeout); its process group was killed\n"
+                "ctl: {target}: command timed out at the agent's limit for this key (max-timeout); its process tree was killed\n"
             )),
         },
         // ctl only knows that the agent went silent: it cannot say what happened there.
