@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::exec::audit_line;
 use crate::util::{
     bin, ctl, eventually, exec, key_line, marker, reader, scratch, wait_bounded, write_key_file,
     Agent, Run,
@@ -52,9 +53,12 @@ fn json_lines(log: &str) -> Vec<Value> {
         .collect()
 }
 
-/// The audit records (target `audit`) among `lines`.
+/// The `command finished` audit records (each command also has a `command started` one).
 fn audit_records(lines: &[Value]) -> Vec<&Value> {
-    lines.iter().filter(|l| l["target"] == "audit").collect()
+    lines
+        .iter()
+        .filter(|l| l["target"] == "audit" && l["message"] == "command finished")
+        .collect()
 }
 
 /// Waits until the agent's log holds `n` lines containing `needle`; returns the log.
@@ -302,10 +306,11 @@ fn sighup_adds_and_revokes_keys_while_a_command_keeps_running() {
         String::from_utf8_lossy(&err)
     );
     assert_eq!(String::from_utf8_lossy(&out), "finished\n");
-    let log = agent.wait_for_log("echo finished", WAIT);
+    audit_line(&agent, "echo finished");
+    let log = agent.log();
     let audit = log
         .lines()
-        .find(|l| l.contains("echo finished"))
+        .find(|l| l.contains("command finished") && l.contains("echo finished"))
         .unwrap_or_default();
     assert!(
         audit.contains("key_id=\"alice\"") && audit.contains("exit_code=0"),
