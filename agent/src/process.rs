@@ -24,6 +24,8 @@ const GONE_POLL: Duration = Duration::from_millis(20);
 const KILL_WAIT: Duration = Duration::from_secs(2);
 /// How often an emptied cgroup of a command that left background processes is retried.
 const CGROUP_REMOVE_RETRY: Duration = Duration::from_secs(1);
+/// Commands being started at once.
+const SPAWNS_AT_ONCE: usize = 4;
 /// The environment variable that marks a command's processes under the subreaper.
 pub const TREE_MARKER: &str = "REXEC_TREE";
 
@@ -62,6 +64,10 @@ impl Drop for Child {
 /// pipes, `setsid()` in a pre-exec step for one on a terminal. The work (a cgroup made, a fork)
 /// runs on the blocking pool, so that many commands starting at once do not stall handshakes.
 pub async fn spawn(cmd: Command, user: Option<Switch>) -> io::Result<(Child, Tree)> {
+    // A few at a time: hundreds of forks at once would take the CPU from the handshakes and
+    // output of everything else.
+    static STARTING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(SPAWNS_AT_ONCE);
+    let _turn = STARTING.acquire().await.map_err(io::Error::other)?;
     tokio::task::spawn_blocking(move || spawn_now(cmd, user))
         .await
         .map_err(io::Error::other)?
