@@ -2,6 +2,7 @@
 //! ping. Output goes to an [`Output`], so every renderer shares this code.
 
 use std::io;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rexec_shared::keyfile::KeyEntry;
@@ -264,7 +265,13 @@ async fn run_exec<O: Output>(
             }
         }
     };
-    let sender = tokio::spawn(send_input(writer, stdin.filter(|_| wants_stdin), cancel_rx));
+    let stdin_error = Arc::new(Mutex::new(None));
+    let sender = tokio::spawn(send_input(
+        writer,
+        stdin.filter(|_| wants_stdin),
+        cancel_rx,
+        stdin_error.clone(),
+    ));
     let signal_task = tokio::spawn(forward_signal);
 
     let mut stdout_open = true;
@@ -312,7 +319,16 @@ async fn run_exec<O: Output>(
     };
     sender.abort();
     signal_task.abort();
-    result
+    // A stdin that failed is reported over whatever the command did: it never saw the end
+    // of its input, and was cancelled.
+    let failed = stdin_error.lock().unwrap_or_else(|e| e.into_inner()).take();
+    match failed {
+        Some(e) => Err(Failure::Stream(format!(
+            "reading stdin failed: {e}; the remote command was cancelled (a failed read is \
+             not the end of the input)"
+        ))),
+        None => result,
+    }
 }
 
 /// Sends stdin chunks and cancels; a cancel goes ahead of any stdin still waiting.
@@ -320,6 +336,7 @@ async fn send_input(
     mut writer: SealedWriter<OwnedWriteHalf>,
     mut stdin: Option<StdinChunks>,
     mut cancel: mpsc::Receiver<i32>,
+    stdin_error: Arc<Mutex<Option<io::Error>>>,
 ) {
     loop {
         tokio::select! {
@@ -335,7 +352,14 @@ async fn send_input(
             },
             chunk = recv_opt(&mut stdin) => {
                 let sent = match &chunk {
-                    Some(data) => writer.send_stream(&StreamMsg::Stdin(data)).await,
+                    Some(Ok(data)) => writer.send_stream(&StreamMsg::Stdin(data)).await,
+                    Some(Err(e)) => {
+                        stdin = None;
+                        *stdin_error.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some(io::Error::new(e.kind(), e.to_string()));
+                        let signal = libc::SIGTERM as u8;
+                        writer.send_stream(&StreamMsg::Cancel { signal }).await
+                    }
                     None => {
                         stdin = None;
                         writer.send_stream(&StreamMsg::StdinEof).await
@@ -349,7 +373,7 @@ async fn send_input(
     }
 }
 
-async fn recv_opt(rx: &mut Option<StdinChunks>) -> Option<Vec<u8>> {
+async fn recv_opt(rx: &mut Option<StdinChunks>) -> Option<io::Result<Vec<u8>>> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 const CHUNK: usize = 256 * 1024;
 
 /// Stdin bytes for a command: chunks, then the end of the channel as end of input.
-pub type StdinChunks = mpsc::Receiver<Vec<u8>>;
+pub type StdinChunks = mpsc::Receiver<io::Result<Vec<u8>>>;
 
 /// Reads ctl's stdin on its own thread and hands chunks over as they come; the channel closes
 /// at end of input.
@@ -27,13 +27,14 @@ pub fn forward() -> StdinChunks {
             match stdin.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => {
-                    if tx.blocking_send(buf[..n].to_vec()).is_err() {
+                    if tx.blocking_send(Ok(buf[..n].to_vec())).is_err() {
                         break;
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    eprintln!("ctl: reading stdin failed, sending end of input: {e}");
+                    // Passed on, never turned into an end of input: the command is cancelled.
+                    let _ = tx.blocking_send(Err(e));
                     break;
                 }
             }
@@ -62,7 +63,7 @@ pub fn fixed(bytes: Arc<[u8]>) -> StdinChunks {
     let (tx, rx) = mpsc::channel(1);
     tokio::spawn(async move {
         for chunk in bytes.chunks(CHUNK) {
-            if tx.send(chunk.to_vec()).await.is_err() {
+            if tx.send(Ok(chunk.to_vec())).await.is_err() {
                 return;
             }
         }
@@ -122,14 +123,17 @@ impl Replayable {
                     Ok(n) => {
                         buf.truncate(n);
                         offset += n as u64;
-                        if tx.blocking_send(buf).is_err() {
+                        if tx.blocking_send(Ok(buf)).is_err() {
                             return;
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => {
                         // Reading back ctl's own file failed (an I/O error on local disk).
-                        eprintln!("ctl: reading the spooled stdin failed: {e}");
+                        let _ = tx.blocking_send(Err(io::Error::new(
+                            e.kind(),
+                            format!("reading the spooled stdin: {e}"),
+                        )));
                         break;
                     }
                 }
@@ -210,7 +214,7 @@ mod tests {
             let mut rx = replay.chunks();
             let mut got = Vec::new();
             while let Some(chunk) = rx.recv().await {
-                got.extend(chunk);
+                got.extend(chunk.unwrap());
             }
             assert_eq!(got, bytes);
         }

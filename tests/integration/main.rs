@@ -22,6 +22,7 @@ mod hardening;
 mod hardening_faults;
 mod hardening_mitm;
 mod ops;
+mod output_safety;
 mod policy;
 mod process_tree;
 mod rough_edges;

@@ -172,7 +172,8 @@ impl Fleet {
                 let mut block =
                     format!("----------------\n{names} ({tag}{ending})\n----------------\n")
                         .into_bytes();
-                block.extend_from_slice(&bytes);
+                // The output as its lines show it in line mode: control characters escaped.
+                super::visible_into(&bytes, &mut block);
                 if !bytes.is_empty() && !bytes.ends_with(b"\n") {
                     block.push(b'\n');
                 }

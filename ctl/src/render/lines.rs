@@ -1,17 +1,22 @@
 //! Prefixed-line output: each line a target writes becomes `TARGET: line`, written whole, so
-//! lines from different targets never mix.
+//! lines from different targets never mix. Control characters other than TAB are written as
+//! visible escapes, so one target cannot overwrite or forge another's lines. What ctl holds
+//! per target is bounded: the partial last line, and at most [`FLUSH`] bytes of lines.
 
 use std::io;
 use std::sync::Arc;
 
 use crate::engine::Stop;
 use crate::output::Output;
-use crate::render::{Console, To};
+use crate::render::{visible_into, Console, To};
 use crate::target::Target;
 
 /// Longest line written whole; a longer one is written in pieces of this size, each prefixed,
 /// so a remote `cat /dev/zero` cannot make ctl hold an unbounded line.
 pub const MAX_LINE: usize = 64 * 1024;
+/// Lines are written out once this many bytes of them are ready, so a frame of a million
+/// newlines never becomes a million prefixes in memory at once.
+pub const FLUSH: usize = 64 * 1024;
 
 /// One stream's partial last line.
 #[derive(Debug, Default)]
@@ -20,24 +25,30 @@ struct LineBuf {
 }
 
 impl LineBuf {
-    /// Takes `data`, appending each line it completes to `batch` as `prefix line\n`. A line
-    /// longer than [`MAX_LINE`] is cut into pieces of that size.
-    fn push(&mut self, prefix: &[u8], mut data: &[u8], batch: &mut Vec<u8>) {
-        while !data.is_empty() {
+    /// Takes `data`, appending each line it completes to `batch` as `prefix line\n` (control
+    /// characters escaped), until `batch` holds `limit` bytes or more; returns how much of
+    /// `data` it took. A line longer than [`MAX_LINE`] is cut into pieces of that size.
+    fn push(&mut self, prefix: &[u8], data: &[u8], batch: &mut Vec<u8>, limit: usize) -> usize {
+        let whole = data.len();
+        let mut data = data;
+        while !data.is_empty() && batch.len() < limit {
             let room = MAX_LINE - self.partial.len();
             // One byte past the room, so a newline right at the limit still ends the line.
             let window = &data[..data.len().min(room + 1)];
             match window.iter().position(|&b| b == b'\n') {
                 Some(end) => {
                     batch.extend_from_slice(prefix);
-                    batch.append(&mut self.partial);
-                    batch.extend_from_slice(&window[..=end]);
+                    visible_into(&self.partial, batch);
+                    self.partial.clear();
+                    visible_into(&window[..end], batch);
+                    batch.push(b'\n');
                     data = &data[end + 1..];
                 }
                 None if window.len() > room => {
                     batch.extend_from_slice(prefix);
-                    batch.append(&mut self.partial);
-                    batch.extend_from_slice(&window[..room]);
+                    visible_into(&self.partial, batch);
+                    self.partial.clear();
+                    visible_into(&window[..room], batch);
                     batch.push(b'\n');
                     data = &data[room..];
                 }
@@ -47,13 +58,15 @@ impl LineBuf {
                 }
             }
         }
+        whole - data.len()
     }
 
     /// Appends the last line, if it had no newline, with one.
     fn finish(&mut self, prefix: &[u8], batch: &mut Vec<u8>) {
         if !self.partial.is_empty() {
             batch.extend_from_slice(prefix);
-            batch.append(&mut self.partial);
+            visible_into(&self.partial, batch);
+            self.partial.clear();
             batch.push(b'\n');
         }
     }
@@ -106,17 +119,33 @@ impl Prefixed {
     }
 }
 
+impl Prefixed {
+    /// Writes the lines `data` completes on `to`, [`FLUSH`] bytes of them at a time.
+    fn lines(&mut self, to: To, mut data: &[u8]) -> io::Result<()> {
+        let mut batch = Vec::new();
+        loop {
+            let buf = match to {
+                To::Out => &mut self.out,
+                To::Err => &mut self.err,
+            };
+            let used = buf.push(&self.prefix, data, &mut batch, FLUSH);
+            data = &data[used..];
+            self.emit(to, &batch)?;
+            batch.clear();
+            if data.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+}
+
 impl Output for Prefixed {
     fn stdout(&mut self, data: &[u8]) -> io::Result<()> {
-        let mut batch = Vec::new();
-        self.out.push(&self.prefix, data, &mut batch);
-        self.emit(To::Out, &batch)
+        self.lines(To::Out, data)
     }
 
     fn stderr(&mut self, data: &[u8]) -> io::Result<()> {
-        let mut batch = Vec::new();
-        self.err.push(&self.prefix, data, &mut batch);
-        self.emit(To::Err, &batch)
+        self.lines(To::Err, data)
     }
 }
 
@@ -128,7 +157,7 @@ mod tests {
         let mut buf = LineBuf::default();
         let mut batch = Vec::new();
         for chunk in chunks {
-            buf.push(b"T: ", chunk, &mut batch);
+            assert_eq!(buf.push(b"T: ", chunk, &mut batch, usize::MAX), chunk.len());
         }
         buf.finish(b"T: ", &mut batch);
         batch
@@ -147,9 +176,9 @@ mod tests {
     fn partial_line_is_not_written_until_complete() {
         let mut buf = LineBuf::default();
         let mut batch = Vec::new();
-        buf.push(b"T: ", b"half", &mut batch);
+        buf.push(b"T: ", b"half", &mut batch, usize::MAX);
         assert!(batch.is_empty());
-        buf.push(b"T: ", b" more\nnext", &mut batch);
+        buf.push(b"T: ", b" more\nnext", &mut batch, usize::MAX);
         assert_eq!(batch, b"T: half more\n");
     }
 
@@ -168,5 +197,40 @@ mod tests {
         // A newline right at the limit ends the line; no empty line follows.
         let exact = [vec![b'y'; MAX_LINE], b"\n".to_vec()].concat();
         assert_eq!(feed(&[&exact]).len(), 3 + MAX_LINE + 1);
+    }
+
+    #[test]
+    fn control_characters_are_escaped_but_tabs_and_bytes_kept() {
+        assert_eq!(feed(&[b"a\rb\x1b[Kc\n"]), b"T: a\\rb\\x1b[Kc\n");
+        assert_eq!(feed(&[b"tab\there\x7f\x00\n"]), b"T: tab\there\\x7f\\x00\n");
+        assert_eq!(
+            feed(&[b"\xc2\x9b2J \xff \xc3\xa9"]),
+            b"T: \\u009b2J \xff \xc3\xa9\n"
+        );
+        // An escape cut across two chunks is still escaped.
+        assert_eq!(feed(&[b"x\x1b", b"[2J\n"]), b"T: x\\x1b[2J\n");
+    }
+
+    #[test]
+    fn a_frame_of_newlines_is_written_in_bounded_pieces() {
+        let newlines = vec![b'\n'; 1 << 20];
+        let mut buf = LineBuf::default();
+        let mut rest = &newlines[..];
+        let (mut pieces, mut lines) = (0, 0);
+        while !rest.is_empty() {
+            let mut batch = Vec::new();
+            let used = buf.push(b"127.0.0.1:50007: ", rest, &mut batch, FLUSH);
+            assert!(used > 0);
+            assert!(
+                batch.len() < FLUSH + MAX_LINE,
+                "{} bytes at once",
+                batch.len()
+            );
+            lines += batch.iter().filter(|&&b| b == b'\n').count();
+            pieces += 1;
+            rest = &rest[used..];
+        }
+        assert_eq!(lines, 1 << 20);
+        assert!(pieces > 100, "{pieces}");
     }
 }

@@ -85,6 +85,37 @@ impl Console {
     }
 }
 
+/// Appends `bytes` to `out` with every control character but TAB and newline written as a
+/// visible escape (`\r`, `\x1b`, C1 controls as `\u009b`), so text from a target or an
+/// agent cannot move the cursor, erase a line or forge another target's output. Other bytes,
+/// valid UTF-8 or not, are kept.
+pub fn visible_into(bytes: &[u8], out: &mut Vec<u8>) {
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'\t' | b'\n' => out.push(b),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            0x00..=0x1f | 0x7f => out.extend_from_slice(format!("\\x{b:02x}").as_bytes()),
+            // U+0080..U+009F in UTF-8: C1 controls, which some terminals obey (CSI is U+009B).
+            0xc2 if matches!(bytes.get(i + 1), Some(0x80..=0x9f)) => {
+                out.extend_from_slice(format!("\\u{:04x}", bytes[i + 1]).as_bytes());
+                i += 1;
+            }
+            _ => out.push(b),
+        }
+        i += 1;
+    }
+}
+
+/// `text` with control characters escaped as [`visible_into`] does, for ctl's own messages.
+pub fn visible(text: &str) -> String {
+    let mut out = Vec::with_capacity(text.len());
+    visible_into(text.as_bytes(), &mut out);
+    // Escaping only replaces ASCII bytes and whole two-byte characters with ASCII text.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
 /// Whether file descriptor `fd` is a terminal.
 pub fn is_tty(fd: i32) -> bool {
     // SAFETY: isatty only inspects the descriptor.
@@ -95,7 +126,7 @@ pub fn is_tty(fd: i32) -> bool {
 pub fn diagnosis(target: &Target, outcome: &Outcome, timeout: Option<Duration>) -> Option<String> {
     let secs = timeout.map_or(0.0, |t| t.as_secs_f64());
     match &outcome.ending {
-        Ending::Failed(failure) => Some(format!("ctl: {target}: {failure}\n")),
+        Ending::Failed(failure) => Some(format!("ctl: {target}: {}\n", visible(&failure.to_string()))),
         // The agent said so: it killed the command's process tree.
         Ending::TimedOut(_) => match timeout {
             // The connection's time includes connecting, so it is never shorter than the

@@ -6,7 +6,7 @@ use crate::exit;
 use crate::outcome::Failure;
 use crate::output::Captured;
 use crate::remote::Pong;
-use crate::render::{Console, To};
+use crate::render::{visible, Console, To};
 use crate::target::Target;
 
 /// The ping renderer.
@@ -40,14 +40,16 @@ impl Renderer<Result<Pong, Failure>> for Pings {
                 format!(
                     "{target}: ok {:.2} ms {}\n",
                     pong.rtt.as_secs_f64() * 1000.0,
-                    pong.version
+                    visible(&pong.version)
                 )
                 .as_bytes(),
             ),
             Err(failure) => {
                 self.status = exit::UNREACHABLE;
-                self.console
-                    .write(To::Err, format!("ctl: {target}: {failure}\n").as_bytes())
+                self.console.write(
+                    To::Err,
+                    format!("ctl: {target}: {}\n", visible(&failure.to_string())).as_bytes(),
+                )
             }
         };
     }
