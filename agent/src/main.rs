@@ -13,6 +13,7 @@ mod policy;
 mod process;
 mod request;
 mod server;
+mod tty;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
