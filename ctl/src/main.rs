@@ -23,6 +23,7 @@ mod signals;
 mod stdin;
 mod target;
 mod transfer;
+mod terminal;
 
 use std::process::ExitCode;
 use std::str::FromStr;
