@@ -42,6 +42,11 @@ impl<'a> Reader<'a> {
         Ok(b)
     }
 
+    /// A big-endian `u16`.
+    pub fn u16(&mut self) -> Result<u16, ProtocolError> {
+        Ok(u16::from_be_bytes(self.array()?))
+    }
+
     /// A big-endian `u32`.
     pub fn u32(&mut self) -> Result<u32, ProtocolError> {
         Ok(u32::from_be_bytes(self.array()?))
@@ -86,6 +91,11 @@ impl<'a> Reader<'a> {
 /// Appends one byte.
 pub fn put_u8(out: &mut Vec<u8>, value: u8) {
     out.push(value);
+}
+
+/// Appends a big-endian `u16`.
+pub fn put_u16(out: &mut Vec<u8>, value: u16) {
+    out.extend_from_slice(&value.to_be_bytes());
 }
 
 /// Appends a big-endian `u32`.

@@ -6,7 +6,7 @@
 //! ranges tell directions apart (0x1_ client to agent, 0x2_ agent to client). Bodies are read
 //! and written with [`crate::codec`]; trailing bytes are an error.
 
-use crate::codec::{put_bytes, put_i32, put_u32, put_u64, put_u8, Reader};
+use crate::codec::{put_bytes, put_i32, put_u16, put_u32, put_u64, put_u8, Reader};
 use crate::error::ProtocolError;
 use crate::files::wire::{FileEnd, FileError, FileHeader, PullRequest, PushRequest, TransferDone};
 
@@ -22,6 +22,10 @@ pub mod kind {
     pub const CANCEL: u8 = 0x13;
     /// Client: answer with the agent's version (for `ctl ping`).
     pub const PING: u8 = 0x14;
+    /// Client: run a command (or a login shell) on a pseudo-terminal.
+    pub const PTY: u8 = 0x15;
+    /// Client: the terminal's window size changed.
+    pub const WINDOW_SIZE: u8 = 0x16;
     /// Client: write the tree that follows (`ctl push`).
     pub const PUSH: u8 = 0x18;
     /// Client: send these paths (`ctl pull`).
@@ -54,6 +58,141 @@ pub mod kind {
     pub const FILE_ERROR: u8 = 0x2b;
     /// Agent: the transfer is over, with its totals (final frame).
     pub const TRANSFER_DONE: u8 = 0x2c;
+}
+
+/// A terminal's size in character cells, as the agent applies it: never 0, never absurd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowSize {
+    /// Lines, 1..=[`WindowSize::MAX_ROWS`].
+    pub rows: u16,
+    /// Columns, 1..=[`WindowSize::MAX_COLS`].
+    pub cols: u16,
+}
+
+impl WindowSize {
+    /// Lines used when the client does not know its terminal's (sent as 0).
+    pub const DEFAULT_ROWS: u16 = 24;
+    /// Columns used when the client does not know its terminal's (sent as 0).
+    pub const DEFAULT_COLS: u16 = 80;
+    /// Most lines: larger sizes are clamped to it, so that no program on the terminal is
+    /// asked to allocate a screen of billions of cells.
+    pub const MAX_ROWS: u16 = 1024;
+    /// Most columns, likewise.
+    pub const MAX_COLS: u16 = 2048;
+
+    /// The size as the agent applies it: 0 (unknown) becomes the default, anything above the
+    /// maximum becomes the maximum.
+    pub fn clamped(rows: u16, cols: u16) -> Self {
+        let fit = |n: u16, default: u16, max: u16| if n == 0 { default } else { n.min(max) };
+        Self {
+            rows: fit(rows, Self::DEFAULT_ROWS, Self::MAX_ROWS),
+            cols: fit(cols, Self::DEFAULT_COLS, Self::MAX_COLS),
+        }
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        put_u16(out, self.rows);
+        put_u16(out, self.cols);
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, ProtocolError> {
+        Ok(Self::clamped(r.u16()?, r.u16()?))
+    }
+}
+
+impl Default for WindowSize {
+    fn default() -> Self {
+        Self::clamped(0, 0)
+    }
+}
+
+/// What the client asks the agent to run on a pseudo-terminal (`ctl exec -t`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PtyRequest {
+    /// The shell command line, run as `sh -c COMMAND`; `None`: the user's login shell.
+    pub command: Option<Vec<u8>>,
+    /// `TERM` for the terminal: 1 to [`PtyRequest::MAX_TERM_LEN`] printable ASCII characters,
+    /// no space.
+    pub term: Vec<u8>,
+    /// The terminal's initial size.
+    pub size: WindowSize,
+    /// Variables to set in the command's environment, on top of the agent's.
+    pub env: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Working directory; the agent's own when `None`.
+    pub cwd: Option<Vec<u8>>,
+    /// Milliseconds the command may run before it is killed.
+    pub timeout_ms: Option<u64>,
+}
+
+impl PtyRequest {
+    /// Longest `TERM` accepted (terminfo names are a few dozen characters at most).
+    pub const MAX_TERM_LEN: usize = 128;
+
+    /// Whether `term` may be a `TERM`: a control character there could drive the terminal of
+    /// whoever reads the agent's log or the environment, and a space or an empty name is
+    /// never a terminal type.
+    pub fn valid_term(term: &[u8]) -> bool {
+        (1..=Self::MAX_TERM_LEN).contains(&term.len()) && term.iter().all(|b| b.is_ascii_graphic())
+    }
+
+    /// Appends the request body to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        self.size.encode(out);
+        put_u64(out, self.timeout_ms.unwrap_or(0));
+        put_bytes(out, &self.term);
+        put_bytes(out, self.command.as_deref().unwrap_or_default());
+        put_bytes(out, self.cwd.as_deref().unwrap_or_default());
+        put_env(out, &self.env);
+    }
+
+    /// Reads a request body.
+    pub fn read(r: &mut Reader<'_>) -> Result<Self, ProtocolError> {
+        let size = WindowSize::read(r)?;
+        let timeout_ms = r.u64()?;
+        let term = r.bytes()?;
+        if !Self::valid_term(term) {
+            return Err(ProtocolError::Malformed(
+                "pty request TERM (must be 1-128 printable ASCII characters, no space or control character)",
+            ));
+        }
+        let command = r.bytes()?;
+        let cwd = r.bytes()?;
+        let env = read_env(r, "pty request environment")?;
+        Ok(Self {
+            command: (!command.is_empty()).then(|| command.to_vec()),
+            term: term.to_vec(),
+            size,
+            env,
+            cwd: (!cwd.is_empty()).then(|| cwd.to_vec()),
+            timeout_ms: (timeout_ms != 0).then_some(timeout_ms),
+        })
+    }
+}
+
+/// Environment variables as sent: (name, value) pairs of raw bytes.
+type Env = Vec<(Vec<u8>, Vec<u8>)>;
+
+fn put_env(out: &mut Vec<u8>, env: &[(Vec<u8>, Vec<u8>)]) {
+    put_u32(out, env.len() as u32);
+    for (key, value) in env {
+        put_bytes(out, key);
+        put_bytes(out, value);
+    }
+}
+
+/// An environment: a count, then that many key and value strings; `what` names it in errors.
+fn read_env(r: &mut Reader<'_>, what: &'static str) -> Result<Env, ProtocolError> {
+    let count = r.u32()?;
+    // Each entry takes at least 8 bytes, so a count the body cannot hold is refused before
+    // anything is reserved for it.
+    if count as usize > r.remaining() / 8 {
+        return Err(ProtocolError::Malformed(what));
+    }
+    let mut env = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        env.push((r.bytes()?.to_vec(), r.bytes()?.to_vec()));
+    }
+    Ok(env)
 }
 
 /// What the client asks the agent to run.
@@ -105,6 +244,8 @@ pub enum Request {
     Push(PushRequest),
     /// Send these paths (`ctl pull`).
     Pull(PullRequest),
+    /// Run a command on a pseudo-terminal (`ctl exec -t`).
+    Pty(PtyRequest),
 }
 
 /// A message from the client after its request: what a running request is fed. Request kinds
@@ -128,6 +269,8 @@ pub enum StreamMsg<'a> {
     FileEnd(FileEnd),
     /// No more pushed entries.
     PushDone,
+    /// The client's window size changed (a `Pty` session).
+    WindowSize(WindowSize),
 }
 
 /// A message from the agent to the client.
@@ -168,11 +311,7 @@ impl ExecRequest {
         put_u64(out, self.timeout_ms.unwrap_or(0));
         put_bytes(out, &self.command);
         put_bytes(out, self.cwd.as_deref().unwrap_or_default());
-        put_u32(out, self.env.len() as u32);
-        for (key, value) in &self.env {
-            put_bytes(out, key);
-            put_bytes(out, value);
-        }
+        put_env(out, &self.env);
         if let Some(script) = &self.script {
             put_bytes(out, &script.name);
             out.extend_from_slice(&script.digest);
@@ -188,16 +327,7 @@ impl ExecRequest {
         let timeout_ms = r.u64()?;
         let command = r.bytes()?.to_vec();
         let cwd = r.bytes()?;
-        let count = r.u32()?;
-        // Each entry takes at least 8 bytes, so a count the body cannot hold is refused before
-        // anything is reserved for it.
-        if count as usize > r.remaining() / 8 {
-            return Err(ProtocolError::Malformed("exec request environment"));
-        }
-        let mut env = Vec::with_capacity(count as usize);
-        for _ in 0..count {
-            env.push((r.bytes()?.to_vec(), r.bytes()?.to_vec()));
-        }
+        let env = read_env(r, "exec request environment")?;
         let script = if flags & 2 != 0 {
             Some(ScriptInfo {
                 name: r.bytes()?.to_vec(),
@@ -263,6 +393,7 @@ impl Request {
             Self::Ping => kind::PING,
             Self::Push(_) => kind::PUSH,
             Self::Pull(_) => kind::PULL,
+            Self::Pty(_) => kind::PTY,
         }
     }
 
@@ -273,6 +404,7 @@ impl Request {
             Self::Ping => {}
             Self::Push(req) => req.encode(out),
             Self::Pull(req) => req.encode(out),
+            Self::Pty(req) => req.encode(out),
         }
     }
 
@@ -284,6 +416,7 @@ impl Request {
             kind::PING => Self::Ping,
             kind::PUSH => Self::Push(PushRequest::decode(r.rest())?),
             kind::PULL => Self::Pull(PullRequest::decode(r.rest())?),
+            kind::PTY => Self::Pty(PtyRequest::read(&mut r)?),
             other => return Err(ProtocolError::UnexpectedFrame(other)),
         };
         r.expect_empty()?;
@@ -302,6 +435,7 @@ impl StreamMsg<'_> {
             Self::FileData(_) => kind::PUSH_DATA,
             Self::FileEnd(_) => kind::PUSH_END,
             Self::PushDone => kind::PUSH_DONE,
+            Self::WindowSize(_) => kind::WINDOW_SIZE,
         }
     }
 
@@ -313,6 +447,7 @@ impl StreamMsg<'_> {
             Self::Cancel { signal } => put_u8(out, *signal),
             Self::FileHeader(header) => header.encode(out),
             Self::FileEnd(end) => end.encode(out),
+            Self::WindowSize(size) => size.encode(out),
         }
     }
 }
@@ -330,6 +465,7 @@ impl<'a> StreamMsg<'a> {
             kind::PUSH_DATA => Self::FileData(r.rest()),
             kind::PUSH_END => Self::FileEnd(FileEnd::decode(r.rest())?),
             kind::PUSH_DONE => Self::PushDone,
+            kind::WINDOW_SIZE => Self::WindowSize(WindowSize::read(&mut r)?),
             other => return Err(ProtocolError::UnexpectedFrame(other)),
         };
         r.expect_empty()?;
@@ -481,6 +617,25 @@ mod tests {
         stream_round_trip(StreamMsg::Stdin(b""));
         stream_round_trip(StreamMsg::StdinEof);
         stream_round_trip(StreamMsg::Cancel { signal: 2 });
+        request_round_trip(Request::Pty(PtyRequest {
+            command: Some(b"vi /etc/hosts".to_vec()),
+            term: b"xterm-256color".to_vec(),
+            size: WindowSize {
+                rows: 50,
+                cols: 132,
+            },
+            env: vec![(b"LANG".to_vec(), b"C.UTF-8".to_vec())],
+            cwd: Some(b"/srv".to_vec()),
+            timeout_ms: Some(60_000),
+        }));
+        request_round_trip(Request::Pty(PtyRequest {
+            term: b"dumb".to_vec(),
+            ..Default::default()
+        }));
+        stream_round_trip(StreamMsg::WindowSize(WindowSize {
+            rows: 1,
+            cols: 2048,
+        }));
         server_round_trip(ServerMsg::Stdout(b"\x00\xffout"));
         server_round_trip(ServerMsg::Stderr(b""));
         server_round_trip(ServerMsg::Exit(ExitStatus {
@@ -571,5 +726,126 @@ mod tests {
         .encode(&mut exit);
         exit.push(0);
         assert!(ServerMsg::decode(kind::EXIT, &exit).is_err());
+    }
+
+    fn pty_body(rows: u16, cols: u16, term: &[u8]) -> Vec<u8> {
+        let mut body = Vec::new();
+        Request::Pty(PtyRequest {
+            term: term.to_vec(),
+            size: WindowSize { rows, cols },
+            ..Default::default()
+        })
+        .encode(&mut body);
+        body
+    }
+
+    #[test]
+    fn pty_body_matches_docs() {
+        let mut body = Vec::new();
+        Request::Pty(PtyRequest {
+            command: Some(b"vi".to_vec()),
+            term: b"xterm".to_vec(),
+            size: WindowSize { rows: 24, cols: 80 },
+            ..Default::default()
+        })
+        .encode(&mut body);
+        let hex: String = body.iter().map(|b| format!("{b:02x}")).collect();
+        // docs/protocol.md, "Pty body".
+        let doc = "0018 0050 0000000000000000 00000005 787465726d 00000002 7669 00000000 00000000";
+        assert_eq!(hex, doc.replace(' ', ""));
+        assert_eq!(body.len(), 35);
+    }
+
+    #[test]
+    fn window_sizes_of_zero_or_absurd_are_clamped() {
+        let cases = [
+            ((0, 0), (24, 80)),
+            ((0, 100), (24, 100)),
+            ((40, 0), (40, 80)),
+            ((1, 1), (1, 1)),
+            ((u16::MAX, u16::MAX), (1024, 2048)),
+            ((1024, 2049), (1024, 2048)),
+        ];
+        for ((rows, cols), (want_rows, want_cols)) in cases {
+            let want = WindowSize {
+                rows: want_rows,
+                cols: want_cols,
+            };
+            match Request::decode(kind::PTY, &pty_body(rows, cols, b"xterm")) {
+                Ok(Request::Pty(req)) => assert_eq!(req.size, want),
+                other => panic!("{other:?}"),
+            }
+            let mut resize = rows.to_be_bytes().to_vec();
+            resize.extend_from_slice(&cols.to_be_bytes());
+            match StreamMsg::decode(kind::WINDOW_SIZE, &resize) {
+                Ok(StreamMsg::WindowSize(size)) => assert_eq!(size, want),
+                other => panic!("{other:?}"),
+            }
+        }
+        // The body is exactly 4 bytes.
+        assert!(StreamMsg::decode(kind::WINDOW_SIZE, &[0, 24, 0]).is_err());
+        assert!(StreamMsg::decode(kind::WINDOW_SIZE, &[0, 24, 0, 80, 0]).is_err());
+    }
+
+    #[test]
+    fn a_resize_before_the_terminal_exists_is_not_a_request() {
+        // As the first message of a connection it cannot be decoded as a request; a pty
+        // request in the middle of a session cannot be decoded as a stream message.
+        assert!(matches!(
+            Request::decode(kind::WINDOW_SIZE, &[0, 24, 0, 80]),
+            Err(ProtocolError::UnexpectedFrame(kind::WINDOW_SIZE))
+        ));
+        assert!(matches!(
+            StreamMsg::decode(kind::PTY, &pty_body(24, 80, b"xterm")),
+            Err(ProtocolError::UnexpectedFrame(kind::PTY))
+        ));
+    }
+
+    #[test]
+    fn a_term_with_control_characters_is_refused() {
+        for term in [
+            &b""[..],
+            b"xterm\x1b]0;owned\x07",
+            b"xterm\n",
+            b"vt100\0",
+            b"x term",
+            b"xterm\x7f",
+            b"xterm\xff",
+            &[b'x'; 129],
+        ] {
+            match Request::decode(kind::PTY, &pty_body(24, 80, term)) {
+                Err(ProtocolError::Malformed(what)) => assert!(what.contains("TERM"), "{what}"),
+                other => panic!("{term:?} gave {other:?}"),
+            }
+        }
+        for term in [
+            &b"xterm-256color"[..],
+            b"screen.xterm-256color",
+            b"vt100",
+            &[b'x'; 128],
+        ] {
+            assert!(
+                Request::decode(kind::PTY, &pty_body(24, 80, term)).is_ok(),
+                "{term:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn pty_requests_cut_or_padded_are_refused() {
+        let body = pty_body(24, 80, b"xterm");
+        for cut in 0..body.len() {
+            assert!(
+                Request::decode(kind::PTY, &body[..cut]).is_err(),
+                "cut at {cut}"
+            );
+        }
+        let mut trailing = body.clone();
+        trailing.push(0);
+        assert!(Request::decode(kind::PTY, &trailing).is_err());
+        // An environment count the body cannot hold.
+        let mut huge_env = body[..body.len() - 4].to_vec();
+        huge_env.extend_from_slice(&u32::MAX.to_be_bytes());
+        assert!(Request::decode(kind::PTY, &huge_env).is_err());
     }
 }
