@@ -8,7 +8,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use rexec_shared::message::{ExecRequest, Request};
+use rexec_shared::message::{ExecRequest, PtyRequest, Request};
 use rexec_shared::policy::Policy;
 
 /// The variable that carries the client's command to a forced one (as ssh's
@@ -90,6 +90,15 @@ pub fn authorize(caller: Caller<'_>, policy: &Policy, request: Request) -> Resul
             })
         }
         transfer @ (Request::Push(_) | Request::Pull(_)) => transfer,
+        Request::Pty(_) if policy.no_pty => {
+            return Err(Refusal {
+                rule: "no-pty",
+                reason: format!(
+                    "key {key_id} may not open a terminal (no-pty); run ctl exec without -t"
+                ),
+            })
+        }
+        Request::Pty(req) => Request::Pty(pty(key_id, policy, req)?),
     };
     Ok(Grant {
         request,
@@ -134,6 +143,31 @@ fn exec(key_id: &str, policy: &Policy, mut req: ExecRequest) -> Result<ExecReque
         req.timeout_ms = Some(capped(req.timeout_ms, max));
     }
     Ok(req)
+}
+
+/// The same rules for a terminal session: everything typed is stdin, and a forced command
+/// replaces the command (or the login shell) asked for.
+fn pty(key_id: &str, policy: &Policy, req: PtyRequest) -> Result<PtyRequest, Refusal> {
+    let as_exec = ExecRequest {
+        command: req.command.clone().unwrap_or_default(),
+        env: req.env.clone(),
+        cwd: req.cwd.clone(),
+        timeout_ms: req.timeout_ms,
+        stdin: true,
+        ..Default::default()
+    };
+    let checked = exec(key_id, policy, as_exec)?;
+    Ok(PtyRequest {
+        command: if policy.command.is_some() {
+            Some(checked.command)
+        } else {
+            req.command
+        },
+        env: checked.env,
+        cwd: checked.cwd,
+        timeout_ms: checked.timeout_ms,
+        ..req
+    })
 }
 
 /// The client's timeout in milliseconds, no longer than `max` (and `max` without one).
@@ -292,5 +326,56 @@ mod tests {
         )
         .unwrap();
         assert_eq!(grant.user.as_deref(), Some("nobody"));
+    }
+
+    fn pty_req(command: Option<&str>) -> PtyRequest {
+        PtyRequest {
+            command: command.map(|c| c.as_bytes().to_vec()),
+            term: b"xterm".to_vec(),
+            ..Default::default()
+        }
+    }
+
+    fn granted_pty(grant: Grant) -> PtyRequest {
+        match grant.request {
+            Request::Pty(req) => req,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn terminal_sessions_follow_the_same_rules() {
+        let who = caller("192.0.2.1");
+        let refusal = authorize(who, &policy("no-pty"), Request::Pty(pty_req(None))).unwrap_err();
+        assert_eq!(refusal.rule, "no-pty");
+        assert!(refusal.message().contains("-t"), "{}", refusal.message());
+        // Everything typed is stdin.
+        let refusal =
+            authorize(who, &policy("no-stdin"), Request::Pty(pty_req(Some("top")))).unwrap_err();
+        assert_eq!(refusal.rule, "no-stdin");
+        // A forced command replaces the login shell or the command asked for.
+        for asked in [None, Some("vi /etc/passwd")] {
+            let grant = authorize(
+                who,
+                &policy("command=\"top -b\""),
+                Request::Pty(pty_req(asked)),
+            )
+            .unwrap();
+            let req = granted_pty(grant);
+            assert_eq!(req.command.as_deref(), Some(&b"top -b"[..]));
+            let original = asked.unwrap_or_default().as_bytes().to_vec();
+            assert_eq!(
+                req.env,
+                vec![(ORIGINAL_COMMAND_VAR.as_bytes().to_vec(), original)]
+            );
+            assert_eq!(req.term, b"xterm");
+        }
+        let mut with_env = pty_req(None);
+        with_env.env.push((b"LD_PRELOAD".to_vec(), b"x".to_vec()));
+        assert!(authorize(who, &policy("command=top"), Request::Pty(with_env)).is_err());
+        let grant = authorize(who, &policy("max-timeout=3"), Request::Pty(pty_req(None))).unwrap();
+        let req = granted_pty(grant);
+        assert_eq!(req.timeout_ms, Some(3000));
+        assert_eq!(req.command, None);
     }
 }

@@ -9,7 +9,7 @@
 
 use std::ffi::{CStr, OsString};
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -63,6 +63,17 @@ impl Pty {
         )?;
         rustix::termios::tcsetwinsize(&master, size.winsize())?;
         Ok(Self { master, slave })
+    }
+
+    /// Makes the terminal the user's: owned by `uid`, readable and writable by it alone.
+    pub fn give_to(&self, uid: u32, gid: u32) -> io::Result<()> {
+        let (uid, gid) = (
+            rustix::fs::Uid::from_raw(uid),
+            rustix::fs::Gid::from_raw(gid),
+        );
+        rustix::fs::fchown(&self.slave, Some(uid), Some(gid))?;
+        rustix::fs::fchmod(&self.slave, Mode::RUSR | Mode::WUSR)?;
+        Ok(())
     }
 
     /// Sets `cmd` up to run on this terminal: stdin, stdout and stderr on the slave, in a new
@@ -158,7 +169,7 @@ impl Master {
     /// The terminal's current size.
     #[cfg(test)]
     fn size(&self) -> io::Result<Size> {
-        let ws = rustix::termios::tcgetwinsize(self.fd.get_ref().as_fd())?;
+        let ws = rustix::termios::tcgetwinsize(self.fd.get_ref())?;
         Ok(Size {
             rows: ws.ws_row,
             cols: ws.ws_col,

@@ -170,6 +170,10 @@ pub struct ExecArgs {
     #[command(flatten)]
     pub targets: TargetArgs,
 
+    /// Run on a pseudo-terminal, interactively, as `ssh -t`; without COMMAND, the login shell.
+    #[arg(short = 't', long = "tty")]
+    pub tty: bool,
+
     /// Time the command may run (30, 90s, 5m, 2h); then its process tree is killed and ctl
     /// exits 124.
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]

@@ -107,6 +107,7 @@ impl Stop {
                 "ctl: {} did not confirm the cancel within {CANCEL_WAIT:?}; exiting",
                 nodeset::fold(&names)
             );
+            crate::terminal::restore();
             std::process::exit(i32::from(exit::signalled(sig)));
         });
         stop

@@ -1,10 +1,10 @@
-//! The jobs the engine runs on each target: an exec, a ping.
+//! The jobs the engine runs on each target: an exec, an interactive session, a ping.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rexec_shared::keyfile::KeyEntry;
-use rexec_shared::message::ExecRequest;
+use rexec_shared::message::{ExecRequest, PtyRequest};
 use tokio::sync::watch;
 
 use crate::engine::Job;
@@ -83,6 +83,41 @@ impl Job for Exec {
             self.connect_timeout,
             self.retries,
             stdin,
+            stop,
+            sink,
+        )
+        .await
+    }
+
+    fn failed(done: &Outcome) -> bool {
+        !done.ending.succeeded()
+    }
+}
+
+/// Runs one interactive session (`exec -t`) on its one target.
+pub struct Session {
+    /// The key to authenticate with.
+    pub key: KeyEntry,
+    /// The session's command and terminal.
+    pub request: PtyRequest,
+    /// Bound on connecting and authenticating.
+    pub connect_timeout: Duration,
+}
+
+impl Job for Session {
+    type Done = Outcome;
+
+    async fn run<S: Output + Send>(
+        &self,
+        target: &Target,
+        sink: &mut S,
+        stop: watch::Receiver<Option<i32>>,
+    ) -> Outcome {
+        crate::interactive::run(
+            target,
+            &self.key,
+            self.request.clone(),
+            self.connect_timeout,
             stop,
             sink,
         )

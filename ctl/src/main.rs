@@ -9,6 +9,7 @@ mod cli;
 mod config;
 mod engine;
 mod exit;
+mod interactive;
 mod job;
 mod keys;
 mod nodeset;
@@ -22,8 +23,8 @@ mod setup;
 mod signals;
 mod stdin;
 mod target;
-mod transfer;
 mod terminal;
+mod transfer;
 
 use std::process::ExitCode;
 use std::str::FromStr;
@@ -31,7 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use rexec_shared::message::ExecRequest;
+use rexec_shared::message::{ExecRequest, PtyRequest, WindowSize};
 
 use crate::cli::{
     Cli, Command, CompletionsArgs, CopyArgs, ExecArgs, KeygenArgs, PingArgs, PullArgs, PushArgs,
@@ -101,6 +102,9 @@ async fn exec(args: ExecArgs) -> u8 {
         Ok(s) => s,
         Err(e) => return usage_error(e),
     };
+    if args.tty {
+        return exec_tty(args, settings).await;
+    }
     let mut words = args.words.clone();
     let mut no_stdin = args.no_stdin;
     let targets = if args.targets.many() {
@@ -245,6 +249,73 @@ async fn exec(args: ExecArgs) -> u8 {
              it to every target (or -n to say it is not for them)"
         );
     }
+    let signalled = *interrupted.borrow();
+    match signalled {
+        Some(sig) => exit::signalled(sig),
+        None => code,
+    }
+}
+
+/// `exec -t`: one interactive session on one target, through the engine like any exec.
+async fn exec_tty(args: ExecArgs, settings: setup::Settings) -> u8 {
+    let conflicting = [
+        (args.targets.many(), "-H/--hosts-file"),
+        (args.json, "--json"),
+        (args.group, "--group"),
+        (args.script.is_some(), "--script"),
+        (args.no_stdin, "-n/--no-stdin"),
+    ];
+    if let Some((_, option)) = conflicting.iter().find(|(given, _)| *given) {
+        return usage_error(format!(
+            "-t runs one interactive session on one target; it cannot be combined with {option}"
+        ));
+    }
+    let mut words = args.words.clone();
+    if words.is_empty() {
+        return usage_error("missing TARGET for the interactive session");
+    }
+    let word = words.remove(0);
+    let target = match choose(&args.targets, std::slice::from_ref(&word), &settings) {
+        Ok(mut t) if t.len() == 1 => t.remove(0),
+        Ok(t) => {
+            return usage_error(format!(
+                "TARGET {word:?} names {} targets; -t runs one interactive session on one",
+                t.len()
+            ))
+        }
+        Err(e) => return usage_error(e),
+    };
+    let key = match keys::load(settings.key_file.as_deref(), args.key.key_id.as_deref()) {
+        Ok(key) => key,
+        Err(e) => return usage_error(format!("{e:#}")),
+    };
+    let job = Arc::new(job::Session {
+        key,
+        request: PtyRequest {
+            command: (!words.is_empty()).then(|| words.join(" ").into_bytes()),
+            term: interactive::local_term(),
+            // Read from the terminal once connected, in case it changes meanwhile.
+            size: WindowSize::default(),
+            env: args
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone().into_bytes(), v.clone().into_bytes()))
+                .collect(),
+            cwd: args.cwd.clone().map(String::into_bytes),
+            timeout_ms: args.timeout.map(|t| t.as_millis().max(1) as u64),
+        },
+        connect_timeout: settings.connect_timeout,
+    });
+    let interrupted = signals::watch();
+    let stop = Stop::following(interrupted.clone());
+    let limits = Limits {
+        parallel: 1,
+        max_fail: None,
+        batch: None,
+    };
+    // No --output-dir: the session's screen is for the terminal.
+    let mut renderer = Single::new(args.timeout, None);
+    let code = engine::run(job, [target], limits, stop, &mut renderer).await;
     let signalled = *interrupted.borrow();
     match signalled {
         Some(sig) => exit::signalled(sig),

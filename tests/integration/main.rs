@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod proxy;
+mod pty_util;
 mod rawclient;
 mod util;
 
@@ -25,4 +26,5 @@ mod ops;
 mod output_safety;
 mod policy;
 mod process_tree;
+mod pty;
 mod rough_edges;

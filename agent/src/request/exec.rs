@@ -23,7 +23,7 @@ use crate::credentials::Credentials;
 use crate::process::{self, Child, Tree};
 
 // Sizes and times are defined, with their reasons, in crate::config.
-const CHUNK: usize = ExecLimits::DEFAULT.chunk;
+pub const CHUNK: usize = ExecLimits::DEFAULT.chunk;
 const LIVENESS_PROBE: Duration = ExecLimits::DEFAULT.liveness_probe;
 
 /// Why the agent decided to end a command's process tree.
@@ -68,14 +68,19 @@ pub struct ExecContext {
     pub user: Option<Credentials>,
 }
 
-enum ClientEvent {
+/// What the client's reader tells the watchdog.
+pub enum ClientEvent {
+    /// The client asked to stop the command with this signal.
     Cancel(i32),
     /// The client is gone or broke the protocol. Carries the command's stdin pipe so that it
     /// stays open until the tree is dead: a cut stream must never reach the command as a
     /// clean end of input it could act on.
     Gone {
+        /// What happened, for the log.
         reason: String,
+        /// The command's stdin, held open until the group is dead.
         stdin: Option<ChildStdin>,
+        /// Whether a frame failed to open: no SIGTERM handler gets to run then.
         tampered: bool,
     },
 }
@@ -288,7 +293,7 @@ impl Pump {
 }
 
 /// Resets a frame buffer to header room plus space for one chunk.
-fn prepare(buf: &mut Vec<u8>) {
+pub fn prepare(buf: &mut Vec<u8>) {
     buf.clear();
     buf.resize(HEADER_LEN, 0);
     buf.reserve(CHUNK);
@@ -314,10 +319,35 @@ async fn spawn(req: &ExecRequest, user: Option<&Credentials>) -> Result<(Child, 
     // command starting with `-` or `+` is not taken for shell options.
     let mut cmd = std::process::Command::new("/bin/sh");
     cmd.arg0("sh").arg("-c").arg("--").arg(command);
+    cmd.stdin(if req.stdin {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .process_group(0);
+    start(cmd, &req.env, req.cwd.as_deref(), user).await
+}
+
+/// Starts `cmd` (its stdio and process group or session already set up) with a request's
+/// environment and working directory, as `user` when given; refuses a variable name that
+/// cannot be one and a directory that is not there, with the text to send the client.
+pub async fn start(
+    mut cmd: std::process::Command,
+    env: &[(Vec<u8>, Vec<u8>)],
+    cwd: Option<&[u8]>,
+    user: Option<&Credentials>,
+) -> Result<(Child, Tree), String> {
+    let program = std::path::Path::new(cmd.get_program())
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
     if let Some(user) = user {
         cmd.envs(user.env());
     }
-    for (key, value) in &req.env {
+    for (key, value) in env {
         if key.is_empty() || key.contains(&b'=') || key.contains(&0) || value.contains(&0) {
             return Err(format!(
                 "invalid environment variable name {:?}: must be non-empty, without '=' or NUL",
@@ -329,10 +359,7 @@ async fn spawn(req: &ExecRequest, user: Option<&Credentials>) -> Result<(Child, 
             std::ffi::OsStr::from_bytes(value),
         );
     }
-    let cwd = req
-        .cwd
-        .as_ref()
-        .map(|cwd| std::path::Path::new(std::ffi::OsStr::from_bytes(cwd)));
+    let cwd = cwd.map(|cwd| std::path::Path::new(std::ffi::OsStr::from_bytes(cwd)));
     // Under user= the directory is only looked at by the child, after the drop: the agent's
     // rights must not tell the client about a directory its user cannot see.
     if let (Some(dir), None) = (cwd, user) {
@@ -348,18 +375,10 @@ async fn spawn(req: &ExecRequest, user: Option<&Credentials>) -> Result<(Child, 
         }
         cmd.current_dir(dir);
     }
-    cmd.stdin(if req.stdin {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .process_group(0);
     match user {
         None => process::spawn(cmd, None)
             .await
-            .map_err(|e| format!("cannot start sh: {e}")),
+            .map_err(|e| format!("cannot start {program}: {e}")),
         // The directory is entered after the drop, with the user's rights, not the agent's.
         Some(user) => {
             let switch = user.switch(cwd)?;
@@ -367,9 +386,12 @@ async fn spawn(req: &ExecRequest, user: Option<&Credentials>) -> Result<(Child, 
                 || format!("{} (its home)", user.home.display()),
                 |d| d.display().to_string(),
             );
-            process::spawn(cmd, Some(switch))
-                .await
-                .map_err(|e| format!("cannot start sh as user {} in {place}: {e}", user.name))
+            process::spawn(cmd, Some(switch)).await.map_err(|e| {
+                format!(
+                    "cannot start {program} as user {} in {place}: {e}",
+                    user.name
+                )
+            })
         }
     }
 }
@@ -392,7 +414,7 @@ async fn forward_client<R: AsyncRead + Unpin>(
         match msg {
             StreamMsg::Stdin(data) => {
                 let Some(pipe) = stdin.as_mut() else { continue };
-                match write_watching(pipe, data, &*peer_closed).await {
+                match write_watching(pipe.write_all(data), &*peer_closed).await {
                     StdinWrite::Done => {}
                     // The command closed its stdin; further input has nowhere to go.
                     StdinWrite::Closed => stdin = None,
@@ -405,6 +427,8 @@ async fn forward_client<R: AsyncRead + Unpin>(
             StreamMsg::Cancel { signal } => {
                 let _ = events.send(ClientEvent::Cancel(i32::from(signal))).await;
             }
+            // Without a terminal there is no window to size.
+            StreamMsg::WindowSize(_) => {}
             other => {
                 break (
                     format!(
@@ -425,20 +449,22 @@ async fn forward_client<R: AsyncRead + Unpin>(
         .await;
 }
 
-enum StdinWrite {
+/// How writing the client's input to the command went.
+pub enum StdinWrite {
+    /// All of it was written.
     Done,
+    /// The command closed its input.
     Closed,
+    /// The client went away while the write was stalled.
     PeerGone,
 }
 
 /// Writes stdin data to the command. A command that does not read its stdin stalls this write,
 /// and meanwhile nothing is read from the socket, so check now and then that the client is there.
-async fn write_watching(
-    pipe: &mut ChildStdin,
-    data: &[u8],
+pub async fn write_watching(
+    write: impl std::future::Future<Output = io::Result<()>>,
     peer_closed: &(dyn Fn() -> bool + Send + Sync),
 ) -> StdinWrite {
-    let write = pipe.write_all(data);
     tokio::pin!(write);
     let mut probe = tokio::time::interval(LIVENESS_PROBE);
     probe.tick().await;
@@ -453,16 +479,17 @@ async fn write_watching(
 }
 
 /// A kill the watchdog decided on and started.
-struct Kill {
-    reason: KillReason,
+pub struct Kill {
+    /// Why.
+    pub reason: KillReason,
     /// Ends once the tree got SIGKILL or was gone before.
-    done: JoinHandle<()>,
+    pub done: JoinHandle<()>,
 }
 
 /// Kills the process tree when the timeout runs out, the client cancels or leaves, or the
 /// agent shuts down, and says why; does nothing if the command exits by itself first, so
 /// background children it started on purpose keep running.
-async fn watchdog(
+pub async fn watchdog(
     tree: Tree,
     deadline: Option<Instant>,
     mut events: mpsc::Receiver<ClientEvent>,

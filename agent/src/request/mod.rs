@@ -4,6 +4,7 @@
 
 pub mod exec;
 mod ping;
+pub mod pty;
 pub mod pull;
 pub mod push;
 
@@ -100,6 +101,18 @@ pub async fn dispatch<R, W>(
             let outcome = pull::run(req, reader, writer, shutdown, user).await;
             audit::transfer(peer, &principal.key_id, "pull", &paths, &outcome);
         }
+        Request::Pty(req) => {
+            let command = pty::audited_command(&req, user.as_ref());
+            let ctx = exec::ExecContext {
+                kill_grace,
+                drain,
+                shutdown,
+                peer_closed,
+                user,
+            };
+            let outcome = pty::run(req, reader, writer, ctx).await;
+            audit::command(peer, &principal.key_id, &command, None, &outcome);
+        }
     }
 }
 
@@ -135,5 +148,9 @@ fn describe(request: &Request) -> String {
             let paths: Vec<String> = req.paths.iter().map(|p| text(p)).collect();
             format!("pull {}", paths.join(" "))
         }
+        Request::Pty(req) => match &req.command {
+            Some(command) => format!("terminal: {}", text(command)),
+            None => "terminal: login shell".into(),
+        },
     }
 }

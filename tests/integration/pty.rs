@@ -1,0 +1,210 @@
+//! Interactive sessions (`ctl exec -t`): ctl runs on a real pseudo-terminal of the test's
+//! (pty_util.rs), the command on one of the agent's; keys typed, screen read, modes checked.
+
+use std::process::Command;
+
+use crate::exec::{assert_gone, assert_serving, audit_line, exec_with, WAIT};
+use crate::pty_util::Terminal;
+use crate::util::{bin, ctl, eventually, marker, Agent};
+
+/// `ctl exec -t OPTIONS... TARGET [COMMAND]` on a new terminal of 24 x 80.
+fn session(agent: &Agent, options: &[&str], command: Option<&str>) -> Terminal {
+    let mut cmd = Command::new(bin("ctl"));
+    cmd.args(["exec", "-t", "--key-file"])
+        .arg(&agent.key_file)
+        .args(options)
+        .arg(agent.target())
+        .args(command)
+        .env_remove("CTL_KEY_FILE")
+        .env_remove("CTL_PORT")
+        .env("TERM", "xterm-256color");
+    Terminal::spawn(cmd, 24, 80)
+}
+
+/// Waits for `pid=N` on the screen (printed by the remote shell before it execs the program
+/// under test) and then for that process to run `program`; returns N.
+fn remote_pid(term: &mut Terminal, program: &str) -> i32 {
+    let end = term.wait_for("pid=", WAIT);
+    term.wait_for_after(end, "\r\n", WAIT);
+    let screen = term.screen();
+    let pid: i32 = screen[end..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no pid on the screen: {screen:?}"));
+    let running = eventually(WAIT, || {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| c.starts_with(program.as_bytes()))
+    });
+    assert!(running, "remote {program} never ran as {pid}");
+    pid
+}
+
+#[test]
+fn the_command_gets_a_terminal_of_the_local_size_that_follows_a_resize() {
+    let agent = Agent::start();
+    // Prints the size at start and on every SIGWINCH (sh runs a trap between commands, so
+    // after each short sleep; the loop is bounded).
+    let script = "tty; echo \"term=$TERM\"; stty size; trap 'stty size' WINCH; echo ready; \
+                  for i in $(seq 600); do sleep 0.1; done";
+    let mut term = session(&agent, &[], Some(script));
+    let before = term.modes();
+    term.wait_for("/dev/pts/", WAIT);
+    term.wait_for("term=xterm-256color", WAIT);
+    term.wait_for("24 80", WAIT);
+    let ready = term.wait_for("ready", WAIT);
+    assert_ne!(term.modes(), before, "ctl's terminal is not in raw mode");
+    term.resize(41, 133);
+    term.wait_for_after(ready, "41 133", WAIT);
+    // Ctrl-C reaches the remote shell as a key, not ctl as a signal.
+    term.type_keys(b"\x03");
+    let status = term.wait_exit(WAIT);
+    assert_eq!(status.code(), Some(130), "{}", term.screen());
+    assert_eq!(term.modes(), before, "ctl left its terminal changed");
+}
+
+#[test]
+fn ctrl_c_interrupts_a_remote_sleep_and_ctl_exits_130() {
+    let agent = Agent::start();
+    let mut term = session(&agent, &[], Some("echo pid=$$; exec sleep 600"));
+    let before = term.modes();
+    let pid = remote_pid(&mut term, "sleep");
+    term.type_keys(b"\x03");
+    let status = term.wait_exit(WAIT);
+    assert_eq!(status.code(), Some(130), "{}", term.screen());
+    assert_eq!(term.modes(), before);
+    assert!(eventually(WAIT, || !std::path::Path::new(&format!(
+        "/proc/{pid}"
+    ))
+    .exists()));
+    let line = audit_line(&agent, "exec sleep 600");
+    assert!(line.contains("killed by signal 2"), "{line}");
+}
+
+#[test]
+fn an_interactive_python_can_be_driven() {
+    let agent = Agent::start();
+    let mut term = session(&agent, &[], Some("python3 -i -q"));
+    term.wait_for(">>> ", WAIT);
+    // The remote terminal echoes and edits: a typo erased with DEL never reaches Python.
+    term.type_keys(b"print(6*7x\x7f)\r");
+    term.wait_for("42\r\n", WAIT);
+    term.type_keys(b"import sys; sys.exit(5)\r");
+    let status = term.wait_exit(WAIT);
+    assert_eq!(status.code(), Some(5), "{}", term.screen());
+}
+
+#[test]
+fn the_login_shell_runs_without_a_command() {
+    let agent = Agent::start();
+    let mut term = session(&agent, &[], None);
+    // $0 of a login shell starts with a dash; the terminal buffers what is typed early.
+    term.type_keys(b"echo \"zero=$0\"; tty; exit 3\r");
+    term.wait_for("zero=-", WAIT);
+    term.wait_for("/dev/pts/", WAIT);
+    let status = term.wait_exit(WAIT);
+    assert_eq!(status.code(), Some(3), "{}", term.screen());
+    let line = audit_line(&agent, "login shell");
+    assert!(line.contains("exit 3"), "{line}");
+}
+
+#[test]
+fn the_terminal_modes_come_back_when_the_agent_is_killed_mid_session() {
+    let agent = Agent::start();
+    let mut term = session(&agent, &[], Some("echo pid=$$; exec sleep 600"));
+    let before = term.modes();
+    let pid = remote_pid(&mut term, "sleep");
+    assert_ne!(term.modes(), before, "ctl's terminal is not in raw mode");
+    agent.signal(libc::SIGKILL);
+    let status = term.wait_exit(WAIT);
+    assert_eq!(status.code(), Some(255), "{}", term.screen());
+    assert!(term.screen().contains("ctl: "), "{}", term.screen());
+    assert_eq!(term.modes(), before);
+    // The agent is gone; its command's terminal went with it (SIGHUP to the session).
+    assert!(eventually(WAIT, || !std::path::Path::new(&format!(
+        "/proc/{pid}"
+    ))
+    .exists()));
+}
+
+#[test]
+fn sigterm_to_ctl_ends_the_session_and_restores_the_terminal() {
+    let agent = Agent::start();
+    let tag = marker("pty-term");
+    let mut term = session(
+        &agent,
+        &[],
+        Some(&format!("echo pid=$$; exec sleep 600 # {tag}")),
+    );
+    let before = term.modes();
+    let pid = remote_pid(&mut term, "sleep");
+    term.signal(libc::SIGTERM);
+    let status = term.wait_exit(WAIT);
+    assert_eq!(status.code(), Some(143), "{}", term.screen());
+    assert_eq!(term.modes(), before);
+    assert_gone(pid, &tag);
+}
+
+#[test]
+fn tilde_dot_drops_the_session_and_the_remote_tree_is_killed() {
+    let agent = Agent::start();
+    let tag = marker("pty-drop");
+    // A background child in a group of its own must go too.
+    let script = format!("setsid sleep 600 & echo pid=$$; exec sleep 601 # {tag}");
+    let mut term = session(&agent, &[], Some(&script));
+    let before = term.modes();
+    let pid = remote_pid(&mut term, "sleep");
+    term.type_keys(b"\r~.");
+    let status = term.wait_exit(WAIT);
+    assert_eq!(status.code(), Some(255), "{}", term.screen());
+    assert!(term.screen().contains("dropped"), "{}", term.screen());
+    assert_eq!(term.modes(), before);
+    assert_gone(pid, "sleep 600");
+    let line = audit_line(&agent, &tag);
+    assert!(line.contains("client went away"), "{line}");
+    assert_serving(&agent);
+}
+
+#[test]
+fn timeout_kills_the_session_with_124() {
+    let agent = Agent::start();
+    let mut term = session(
+        &agent,
+        &["--timeout", "1"],
+        Some("echo pid=$$; exec sleep 600"),
+    );
+    let before = term.modes();
+    remote_pid(&mut term, "sleep");
+    let status = term.wait_exit(WAIT);
+    assert_eq!(status.code(), Some(124), "{}", term.screen());
+    assert!(term.screen().contains("timed out"), "{}", term.screen());
+    assert_eq!(term.modes(), before);
+}
+
+#[test]
+fn output_arrives_merged_on_stdout_with_the_commands_status() {
+    // Without a local terminal too: ctl's stdout gets both streams, as with `ssh -t`.
+    let agent = Agent::start();
+    let run = exec_with(&agent, &["-t"], "echo to-out; echo to-err >&2; tty; exit 7")
+        .timeout(WAIT)
+        .run();
+    run.expect_code(7);
+    assert!(run.out().contains("to-out\r\n"), "{run}");
+    assert!(run.out().contains("to-err\r\n"), "{run}");
+    assert!(run.out().contains("/dev/pts/"), "{run}");
+    assert_eq!(run.err(), "", "{run}");
+}
+
+#[test]
+fn tty_with_many_targets_is_a_usage_error() {
+    let agent = Agent::start();
+    let key = agent.key_file.to_string_lossy().into_owned();
+    for extra in [&["-H", "127.0.0.1:1"][..], &["--hosts-file", "/dev/null"]] {
+        let mut args = vec!["exec", "-t", "--key-file", &key];
+        args.extend_from_slice(extra);
+        args.push("true");
+        let run = ctl(&args).run();
+        run.expect_code(2);
+        assert!(run.err().contains("-H/--hosts-file"), "{run}");
+    }
+}
