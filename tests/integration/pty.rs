@@ -146,20 +146,23 @@ fn sigterm_to_ctl_ends_the_session_and_restores_the_terminal() {
 }
 
 #[test]
-fn tilde_dot_drops_the_session_and_the_remote_tree_is_killed() {
+fn tilde_dot_drops_the_session_and_the_remote_command_is_killed() {
     let agent = Agent::start();
     let tag = marker("pty-drop");
-    // A background child in a group of its own must go too.
-    let script = format!("setsid sleep 600 & echo pid=$$; exec sleep 601 # {tag}");
+    let script = format!("echo pid=$$; exec sleep 601 # {tag}");
     let mut term = session(&agent, &[], Some(&script));
     let before = term.modes();
     let pid = remote_pid(&mut term, "sleep");
     term.type_keys(b"\r~.");
     let status = term.wait_exit(WAIT);
     assert_eq!(status.code(), Some(255), "{}", term.screen());
-    assert!(term.screen().contains("dropped"), "{}", term.screen());
+    assert!(
+        term.screen().contains("dropped with ~."),
+        "{}",
+        term.screen()
+    );
     assert_eq!(term.modes(), before);
-    assert_gone(pid, "sleep 600");
+    assert_gone(pid, "sleep 601");
     let line = audit_line(&agent, &tag);
     assert!(line.contains("client went away"), "{line}");
     assert_serving(&agent);

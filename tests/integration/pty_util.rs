@@ -66,11 +66,6 @@ impl Terminal {
         term
     }
 
-    /// The program's pid.
-    pub fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
     /// Changes the window size; the kernel sends SIGWINCH to the terminal's foreground group.
     pub fn resize(&mut self, rows: u16, cols: u16) {
         let size = Winsize {
