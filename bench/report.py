@@ -381,6 +381,32 @@ def main():
         w(f"({mem['agent_stream_samples'][0]} samples) and its VmHWM read at the end; the larger is shown.")
         w("")
 
+    pty_runs = []
+    if (res / "pty.tsv").exists():
+        for line in (res / "pty.tsv").read_text().splitlines():
+            name, keys, cmd = line.split("\t", 2)
+            data = json.loads((res / f"{name}.json").read_text())
+            pty_runs.append((name, keys, cmd_text(cmd), data))
+    if pty_runs:
+        w("## 6. Keystroke echo on a terminal (`exec -t`, `ssh -t`)")
+        w("")
+        w("Each client runs on a pseudo-terminal of `bench/pty_echo.py`'s, with `echo READY; exec cat`")
+        w("on a remote terminal; one key at a time is typed and timed from its write to the read of")
+        w("its echo, which the remote terminal sends back (so: client, network, agent or sshd, remote")
+        w("line discipline, and back). Keys are 10 ms apart, each a round trip of its own.")
+        w("")
+        w("| | median | mean | p90 | p99 | min … max | keys | vs ours |")
+        w("|---|---:|---:|---:|---:|---:|---:|---:|")
+        labels = {"pty_ctl": "**ctl exec -t** (ours)", "pty_ssh": "ssh -t, fresh connection",
+                  "pty_local": "local floor: `cat` on the same terminal"}
+        base = next((d for n, _, _, d in pty_runs if n == "pty_ctl"), None)
+        for name, keys, _, d in pty_runs:
+            ratio = fmt_ratio(d["median_ms"] / base["median_ms"]) if base else ""
+            w(f"| {labels.get(name, name)} | {d['median_ms']:.3f} ms | {d['mean_ms']:.3f} ms | "
+              f"{d['p90_ms']:.3f} ms | {d['p99_ms']:.3f} ms | {d['min_ms']:.3f} … {d['max_ms']:.3f} ms | "
+              f"{d['keys']} | {ratio} |")
+        w("")
+
     crit = criterion_results(args.criterion)
     if crit:
         w("## 5. Micro-benchmarks (criterion, one core)")
@@ -421,6 +447,8 @@ def main():
     w("|---|---:|---:|---|")
     for name, runs, warmup, cmd in commands:
         w(f"| {name} | {runs} | {warmup} | `{cmd}` |".replace(" | cat", r" \| cat"))
+    for name, keys, cmd, _ in pty_runs:
+        w(f"| {name} | {keys} keys | | `bench/pty_echo.py --keys {keys} -- {cmd}` |")
     w("")
     w("Memory: `/usr/bin/time -f %M ctl exec -P 64 --port $PORT -H ... true` (3 times);")
     w("`bench-hold --count N` against a fresh agent; `ctl exec -n 127.0.0.1:$PORT 'head -c ...'")

@@ -8,7 +8,7 @@
 #
 # Options: --quick, --no-install (fail instead of apt-get installing what is missing),
 #          --no-criterion (skip the micro-benchmarks), --out FILE (markdown to write),
-#          --only lat,bulk,fan,mem (sections to run; the page then shows only those),
+#          --only lat,bulk,fan,mem,pty (sections to run; the page then shows only those),
 #          --no-build (use the release binaries already in target/release).
 #
 # What it starts, all stopped by pid when it exits (trap cleanup EXIT):
@@ -25,7 +25,7 @@ QUICK=0
 INSTALL=1
 CRITERION=1
 OUT=""
-ONLY=lat,bulk,fan,mem
+ONLY=lat,bulk,fan,mem,pty
 BUILD=1
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -46,6 +46,7 @@ if [ "$QUICK" = 1 ]; then
     FANOUT=(10 50)                   # target counts
     RUNS_FAST=5; RUNS_SLOW=3; RUNS_PDSH_MAX=2; WARMUP=1
     HOLD=50                          # idle authenticated connections
+    PTY_KEYS=50                      # keys timed per interactive session
     SLOW_RATE=64m                    # slow reader's rate (pv -L)
     CRIT_ARGS=(--warm-up-time 0.2 --measurement-time 0.5)
     OUT=${OUT:-$ROOT/target/bench/benchmarks-quick.md}
@@ -54,6 +55,7 @@ else
     FANOUT=(10 100 500)
     RUNS_FAST=30; RUNS_SLOW=10; RUNS_PDSH_MAX=3; WARMUP=2
     HOLD=500
+    PTY_KEYS=300
     SLOW_RATE=64m
     CRIT_ARGS=(--warm-up-time 1 --measurement-time 3)
     OUT=${OUT:-$ROOT/docs/benchmarks.md}
@@ -314,6 +316,26 @@ bench lat_ctl "$RUNS_FAST" 5 "$CTL exec -n 127.0.0.1:$APORT true"
 bench lat_ssh "$RUNS_SLOW" "$WARMUP" "$SSHC -n 127.0.0.1 true"
 bench lat_ssh_cm "$RUNS_FAST" 5 "$SSHC -o ControlPath=$TMP/cm.sock -n 127.0.0.1 true"
 bench lat_local "$RUNS_FAST" 5 "sh -c true"
+fi
+
+# --- 6. keystroke echo on a terminal (-t), right after the latency part -------------------
+# bench/pty_echo.py runs each client on a pseudo-terminal of its own, types one key at a time
+# and times each until its echo (from the remote terminal's line discipline) is read back.
+if section pty; then
+note_load pty
+: >"$RESULTS/pty.tsv"
+ECHO="echo READY; exec cat"
+pty_echo() {
+    local name=$1
+    shift
+    log "timing $name ($PTY_KEYS keys)"
+    printf '%s\t%s\t%s\n' "$name" "$PTY_KEYS" "$*" >>"$RESULTS/pty.tsv"
+    python3 "$ROOT/bench/pty_echo.py" --keys "$PTY_KEYS" --out "$RESULTS/$name.json" -- "$@" \
+        2>"$RESULTS/$name.stderr" || die "pty_echo $name failed: $(tail -5 "$RESULTS/$name.stderr")"
+}
+pty_echo pty_ctl "$CTL" exec -t "127.0.0.1:$APORT" "$ECHO"
+pty_echo pty_ssh "${SSH[@]}" -t 127.0.0.1 "$ECHO"
+pty_echo pty_local sh -c "$ECHO"
 fi
 
 # --- 2. bulk stdout ------------------------------------------------------------------------
