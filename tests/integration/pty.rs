@@ -4,8 +4,11 @@
 use std::process::Command;
 
 use crate::exec::{assert_gone, assert_serving, audit_line, exec_with, WAIT};
+use rexec_shared::message::PtyRequest;
+
 use crate::pty_util::Terminal;
-use crate::util::{bin, ctl, eventually, marker, Agent};
+use crate::rawclient::{authenticate, first_key, ClientMsg, OwnedServerMsg};
+use crate::util::{bin, ctl, eventually, marker, scratch, Agent};
 
 /// `ctl exec -t OPTIONS... TARGET [COMMAND]` on a new terminal of 24 x 80.
 fn session(agent: &Agent, options: &[&str], command: Option<&str>) -> Terminal {
@@ -210,4 +213,71 @@ fn tty_with_many_targets_is_a_usage_error() {
         run.expect_code(2);
         assert!(run.err().contains("-H/--hosts-file"), "{run}");
     }
+}
+
+/// A `Pty` request for `command` on a terminal of `rows` x `cols`, as a raw client sends it.
+fn pty_request(command: &str, term: &[u8], rows: u16, cols: u16) -> ClientMsg {
+    ClientMsg::Pty(PtyRequest {
+        command: Some(command.as_bytes().to_vec()),
+        term: term.to_vec(),
+        size: rexec_shared::message::WindowSize { rows, cols },
+        ..Default::default()
+    })
+}
+
+#[test]
+fn a_term_with_control_characters_is_refused_and_nothing_runs() {
+    let agent = Agent::start();
+    let dir = scratch();
+    let flag = dir.path().join("ran");
+    let mut conn = authenticate(agent.addr, &first_key(&agent.key_file)).expect("authenticate");
+    let command = format!("touch {}", flag.display());
+    conn.send(&pty_request(&command, b"xterm\x1b]0;owned\x07", 24, 80))
+        .expect("send");
+    let result = conn.collect().expect("an answer");
+    let error = result.error.unwrap_or_default();
+    assert!(
+        error.contains("TERM") && error.contains("nothing was run"),
+        "{error:?}"
+    );
+    assert!(!flag.exists(), "the command ran");
+    assert_serving(&agent);
+}
+
+#[test]
+fn window_sizes_of_zero_or_absurd_are_clamped_and_a_resize_first_is_refused() {
+    let agent = Agent::start();
+    let key = first_key(&agent.key_file);
+    // 0 x 0 (unknown) starts at 24 x 80; a resize to 65535 x 65535 is clamped; the keys that
+    // follow it in the stream let the command look after the resize arrived.
+    let mut conn = authenticate(agent.addr, &key).expect("authenticate");
+    conn.send(&pty_request(
+        "stty size; read x; echo resized; stty size",
+        b"xterm",
+        0,
+        0,
+    ))
+    .expect("send");
+    let mut first = Vec::new();
+    while !String::from_utf8_lossy(&first).contains("24 80\r\n") {
+        match conn.recv().expect("output") {
+            Some(OwnedServerMsg::Stdout(data)) => first.extend(data),
+            other => panic!("{other:?} after {:?}", String::from_utf8_lossy(&first)),
+        }
+    }
+    conn.send(&ClientMsg::WindowSize(u16::MAX, u16::MAX))
+        .expect("send");
+    conn.send(&ClientMsg::Stdin(b"\r".to_vec())).expect("send");
+    let result = conn.collect().expect("a result");
+    let screen = String::from_utf8_lossy(&result.stdout);
+    assert_eq!(result.status.and_then(|s| s.code), Some(0), "{screen:?}");
+    assert!(screen.contains("resized\r\n1024 2048\r\n"), "{screen:?}");
+
+    // A resize before any request: there is no terminal, and it is not a request.
+    let mut conn = authenticate(agent.addr, &key).expect("authenticate");
+    conn.send(&ClientMsg::WindowSize(50, 100)).expect("send");
+    let result = conn.collect().expect("an answer");
+    let error = result.error.unwrap_or_default();
+    assert!(error.contains("nothing was run"), "{error:?}");
+    assert_serving(&agent);
 }

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use rexec_shared::frame::{self, HEADER_LEN, MAX_FRAME_LEN, MAX_HANDSHAKE_FRAME_LEN};
 use rexec_shared::handshake::{ClientHandshake, Session};
 use rexec_shared::keyfile::{KeyEntry, KeyRing};
-use rexec_shared::message::{ExecRequest, ExitStatus, Request, ServerMsg, StreamMsg};
+use rexec_shared::message::{
+    ExecRequest, ExitStatus, PtyRequest, Request, ServerMsg, StreamMsg, WindowSize,
+};
 use rexec_shared::session::{Opener, Sealer};
 use rexec_shared::ProtocolError;
 
@@ -42,6 +44,12 @@ pub enum ClientMsg {
         /// Signal number.
         signal: u8,
     },
+    /// A request to run a command on a terminal (encoded as given, even with a bad `term`).
+    Pty(PtyRequest),
+    /// Keys for the command (stdin).
+    Stdin(Vec<u8>),
+    /// A new window size (sent as given, before or after any request).
+    WindowSize(u16, u16),
 }
 
 impl ClientMsg {
@@ -50,6 +58,9 @@ impl ClientMsg {
         match self {
             Self::Exec(req) => Request::Exec(req.clone()).kind(),
             Self::Cancel { signal } => StreamMsg::Cancel { signal: *signal }.kind(),
+            Self::Pty(req) => Request::Pty(req.clone()).kind(),
+            Self::Stdin(data) => StreamMsg::Stdin(data).kind(),
+            Self::WindowSize(..) => StreamMsg::WindowSize(WindowSize::default()).kind(),
         }
     }
 
@@ -58,6 +69,12 @@ impl ClientMsg {
         match self {
             Self::Exec(req) => req.encode(out),
             Self::Cancel { signal } => StreamMsg::Cancel { signal: *signal }.encode(out),
+            Self::Pty(req) => req.encode(out),
+            Self::Stdin(data) => out.extend_from_slice(data),
+            Self::WindowSize(rows, cols) => {
+                out.extend_from_slice(&rows.to_be_bytes());
+                out.extend_from_slice(&cols.to_be_bytes());
+            }
         }
     }
 }
