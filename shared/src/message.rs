@@ -60,12 +60,13 @@ pub mod kind {
     pub const TRANSFER_DONE: u8 = 0x2c;
 }
 
-/// A terminal's size in character cells, as the agent applies it: never 0, never absurd.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A terminal's size in character cells, as the client sent it (0: unknown); the agent
+/// applies it [`WindowSize::clamped`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WindowSize {
-    /// Lines, 1..=[`WindowSize::MAX_ROWS`].
+    /// Lines.
     pub rows: u16,
-    /// Columns, 1..=[`WindowSize::MAX_COLS`].
+    /// Columns.
     pub cols: u16,
 }
 
@@ -81,12 +82,13 @@ impl WindowSize {
     pub const MAX_COLS: u16 = 2048;
 
     /// The size as the agent applies it: 0 (unknown) becomes the default, anything above the
-    /// maximum becomes the maximum.
-    pub fn clamped(rows: u16, cols: u16) -> Self {
+    /// maximum becomes the maximum. (Decoding keeps what was sent, so that a message
+    /// re-encodes to the same bytes.)
+    pub fn clamped(self) -> Self {
         let fit = |n: u16, default: u16, max: u16| if n == 0 { default } else { n.min(max) };
         Self {
-            rows: fit(rows, Self::DEFAULT_ROWS, Self::MAX_ROWS),
-            cols: fit(cols, Self::DEFAULT_COLS, Self::MAX_COLS),
+            rows: fit(self.rows, Self::DEFAULT_ROWS, Self::MAX_ROWS),
+            cols: fit(self.cols, Self::DEFAULT_COLS, Self::MAX_COLS),
         }
     }
 
@@ -96,13 +98,10 @@ impl WindowSize {
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Self, ProtocolError> {
-        Ok(Self::clamped(r.u16()?, r.u16()?))
-    }
-}
-
-impl Default for WindowSize {
-    fn default() -> Self {
-        Self::clamped(0, 0)
+        Ok(Self {
+            rows: r.u16()?,
+            cols: r.u16()?,
+        })
     }
 }
 
@@ -767,20 +766,23 @@ mod tests {
             ((1024, 2049), (1024, 2048)),
         ];
         for ((rows, cols), (want_rows, want_cols)) in cases {
+            let sent = WindowSize { rows, cols };
             let want = WindowSize {
                 rows: want_rows,
                 cols: want_cols,
             };
+            // Decoded as sent (so it re-encodes exactly), applied clamped.
             match Request::decode(kind::PTY, &pty_body(rows, cols, b"xterm")) {
-                Ok(Request::Pty(req)) => assert_eq!(req.size, want),
+                Ok(Request::Pty(req)) => assert_eq!(req.size, sent),
                 other => panic!("{other:?}"),
             }
             let mut resize = rows.to_be_bytes().to_vec();
             resize.extend_from_slice(&cols.to_be_bytes());
             match StreamMsg::decode(kind::WINDOW_SIZE, &resize) {
-                Ok(StreamMsg::WindowSize(size)) => assert_eq!(size, want),
+                Ok(StreamMsg::WindowSize(size)) => assert_eq!(size, sent),
                 other => panic!("{other:?}"),
             }
+            assert_eq!(sent.clamped(), want);
         }
         // The body is exactly 4 bytes.
         assert!(StreamMsg::decode(kind::WINDOW_SIZE, &[0, 24, 0]).is_err());

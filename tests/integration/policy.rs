@@ -548,4 +548,31 @@ fn push_and_pull_under_user_have_that_users_rights() {
         "{run}"
     );
     assert!(!got.path().join("keys").exists(), "the key file was pulled");
+fn no_pty_refuses_a_terminal_session_and_audits_it() {
+    let (agent, client) = agent_with("no-pty");
+    let run = exec_as(&agent, &client, &["-t"], "echo ran").run();
+    expect_refused(&run, "no-pty");
+    assert!(!run.out().contains("ran"), "{run}");
+    let line = refusal_audit(&agent, "no-pty");
+    assert!(line.contains("terminal: echo ran"), "{line}");
+    // The key still runs commands without a terminal.
+    exec_as(&agent, &client, &[], "true").run().expect_code(0);
+}
+
+#[test]
+fn a_terminal_session_runs_as_the_keys_user_on_a_terminal_it_owns() {
+    if !can_switch_users("a_terminal_session_runs_as_the_keys_user_on_a_terminal_it_owns") {
+        return;
+    }
+    let (agent, client) = agent_with("user=nobody");
+    let run = exec_as(
+        &agent,
+        &client,
+        &["-t"],
+        "echo \"who=$(id -un)\"; stat -c 'owner=%U' \"$(tty)\"",
+    )
+    .run();
+    run.expect_code(0);
+    assert!(run.out().contains("who=nobody"), "{run}");
+    assert!(run.out().contains("owner=nobody"), "{run}");
 }

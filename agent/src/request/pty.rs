@@ -180,9 +180,10 @@ async fn start(
     };
     // Validated when the request was decoded: printable ASCII.
     cmd.env("TERM", std::ffi::OsStr::from_bytes(&req.term));
+    let size = req.size.clamped();
     let size = Size {
-        rows: req.size.rows,
-        cols: req.size.cols,
+        rows: size.rows,
+        cols: size.cols,
     };
     let pty = Pty::open(size).map_err(|e| format!("cannot open a pseudo-terminal: {e}"))?;
     if let Some(user) = user {
@@ -229,6 +230,7 @@ async fn forward_client<R: AsyncRead + Unpin>(
             // A terminal has no end of input: Ctrl-D is a key, sent as Stdin.
             StreamMsg::StdinEof => {}
             StreamMsg::WindowSize(size) => {
+                let size = size.clamped();
                 let size = Size {
                     rows: size.rows,
                     cols: size.cols,
