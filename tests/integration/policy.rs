@@ -548,6 +548,9 @@ fn push_and_pull_under_user_have_that_users_rights() {
         "{run}"
     );
     assert!(!got.path().join("keys").exists(), "the key file was pulled");
+}
+
+#[test]
 fn no_pty_refuses_a_terminal_session_and_audits_it() {
     let (agent, client) = agent_with("no-pty");
     let run = exec_as(&agent, &client, &["-t"], "echo ran").run();
