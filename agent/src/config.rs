@@ -69,8 +69,8 @@ impl ExecLimits {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            max_connections: 1024,
-            max_unauthenticated: 64,
+            max_connections: crate::cli::DEFAULT_MAX_CONNECTIONS,
+            max_unauthenticated: crate::cli::DEFAULT_MAX_UNAUTHENTICATED,
             max_unauthenticated_per_source: None,
             handshake_timeout: Duration::from_secs(10),
             kill_grace: Duration::from_secs(2),

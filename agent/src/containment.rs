@@ -18,16 +18,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
-/// The containment asked for on the command line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Mode {
-    /// A cgroup per command where the agent can make one, else the subreaper.
-    Auto,
-    /// A cgroup per command; the agent refuses to start where it cannot make one.
-    Cgroup,
-    /// The agent as a child subreaper, with a marker in each command's environment.
-    Subreaper,
-}
+pub use crate::cli::ContainmentMode as Mode;
 
 /// The containment in force.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,42 +3,15 @@
 
 use std::io::IsTerminal;
 
-use clap::ValueEnum;
 use tracing_subscriber::filter::Directive;
 use tracing_subscriber::EnvFilter;
+
+pub use crate::cli::Format;
 
 /// Target of the one-line-per-command audit record; written at every log level.
 pub const AUDIT: &str = "audit";
 /// Target of the start, listening, reload and stop lines; written at every log level.
 pub const LIFECYCLE: &str = "lifecycle";
-
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    /// `TIME LEVEL target: message key=value...`, for people and journald.
-    Text,
-    /// One JSON object per line (`timestamp`, `level`, `message`, fields, `target`), for log
-    /// shippers.
-    Json,
-}
-
-/// Checks a `--log-level` value: a level (`error`, `warn`, `info`, `debug`, `trace`, `off`)
-/// or a `RUST_LOG`-style filter such as `info,agent::request::exec=debug`.
-pub fn parse_filter(text: &str) -> Result<String, String> {
-    // A lone word would otherwise be read as a target name ("loud" = trace for target "loud").
-    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
-    let word = text.trim();
-    if !word.contains(['=', ',', '[']) && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(word)) {
-        return Err(format!(
-            "{text:?} is not a log level: use one of {}, or a filter",
-            LEVELS.join(", ")
-        ));
-    }
-    match EnvFilter::builder().parse(text) {
-        Ok(_) => Ok(text.to_owned()),
-        Err(e) => Err(format!("{text:?} is not a log level or filter: {e}")),
-    }
-}
 
 /// Installs the global subscriber. The filter is `level` if given, else `RUST_LOG`, else
 /// `info`; the audit and lifecycle targets are always let through at info.
@@ -94,19 +67,5 @@ pub fn fatal(format: Format, message: &str) {
     match format {
         Format::Text => eprintln!("agent: {message}"),
         Format::Json => tracing::error!(target: LIFECYCLE, "{message}"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn filters_are_checked() {
-        assert!(parse_filter("warn").is_ok());
-        assert!(parse_filter("info,agent::request::exec=debug").is_ok());
-        assert!(parse_filter("WARN").is_ok());
-        assert!(parse_filter("loud").is_err());
-        assert!(parse_filter("agent=loud").is_err());
     }
 }
