@@ -32,7 +32,17 @@ pub const DEFAULT_MAX_UNAUTHENTICATED: usize = 64;
 /// Every command is logged when it starts (target `audit`: peer, key_id, command) and when it
 /// ends (also status, exit_code or signal, duration_ms, bytes_out), whatever the log level.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about, max_term_width = 100, after_help = AFTER_HELP)]
+// Name and about are spelled out (not taken from Cargo) so that xtask, which compiles this
+// file too, builds the man page with them.
+#[command(
+    name = "agent",
+    version,
+    about = "Remote command-execution agent: authenticates clients with a pre-shared key and runs \
+             their commands",
+    long_about,
+    max_term_width = 100,
+    after_help = AFTER_HELP
+)]
 pub struct Cli {
     /// Key file: lines of `<key-id> <64 hex digits> [options]` (user=, from=, command=, no-stdin,
     /// no-pty, max-timeout=); must not be readable by group or others.

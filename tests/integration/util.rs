@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 /// Default bound on one ctl run.
 pub const CTL_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Path of a workspace binary (`agent` or `ctl`), built once per test process.
+/// Path of a workspace binary (`agent`, `ctl` or `xtask`), built once per test process.
 ///
 /// The tests live in their own package, so Cargo does not build the binaries for them; they are
 /// built here with the profile the tests were built with.
@@ -26,12 +26,17 @@ pub fn bin(name: &str) -> PathBuf {
             .expect("target/<profile>/deps layout");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "agent", "-p", "ctl"]);
+        cmd.args([
+            "build", "--quiet", "-p", "agent", "-p", "ctl", "-p", "xtask",
+        ]);
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
         let status = cmd.status().expect("run cargo build for the binaries");
-        assert!(status.success(), "cargo build -p agent -p ctl failed");
+        assert!(
+            status.success(),
+            "cargo build -p agent -p ctl -p xtask failed"
+        );
         profile_dir.to_owned()
     });
     dir.join(name)
@@ -632,4 +637,39 @@ impl Drop for KillGroupOnDrop {
             unsafe { libc::killpg(self.0, libc::SIGKILL) };
         }
     }
+}
+
+/// Runs `program ARGS...` with no stdin, bounded by `timeout`; kills it if it overruns.
+pub fn run_bounded<S: AsRef<std::ffi::OsStr>>(
+    program: impl AsRef<std::ffi::OsStr>,
+    args: &[S],
+    timeout: Duration,
+) -> std::process::Output {
+    let program = program.as_ref().to_owned();
+    let args: Vec<_> = args.iter().map(|a| a.as_ref().to_owned()).collect();
+    let mut child = Command::new(&program)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {program:?}: {e}"));
+    let out = reader(child.stdout.take().expect("stdout"));
+    let err = reader(child.stderr.take().expect("stderr"));
+    let status = wait_bounded(&mut child, timeout).unwrap_or_else(|| {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{program:?} {args:?} did not finish within {timeout:?}")
+    });
+    std::process::Output {
+        status,
+        stdout: out.join().expect("stdout reader"),
+        stderr: err.join().expect("stderr reader"),
+    }
+}
+
+/// Whether `program` is on the PATH.
+pub fn have(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
