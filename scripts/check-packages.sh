@@ -35,7 +35,7 @@ for script in postinst prerm postrm; do
   sh -n "$scratch/agent-control/$script" || fail "rexec-agent: $script is not valid sh"
 done
 
-ctl=$(ls "$dir"/rexec-ctl_*.deb 2>/dev/null || true)
+ctl=$(ls "$dir"/rexec-ctl_*.deb)
 if [ -n "$ctl" ]; then
   has "$ctl" -rwxr-xr-x usr/bin/ctl
   has "$ctl" -rw-r--r-- usr/share/man/man1/ctl.1.gz

@@ -45,8 +45,14 @@ done
 cargo xtask man "$assets" >/dev/null
 for page in "$assets"/*.[0-9]; do gzip -9n "$page"; done
 
+ctl=$target_dir/release/ctl
+"$ctl" completions bash > "$assets/ctl.bash"
+"$ctl" completions zsh > "$assets/_ctl"
+"$ctl" completions fish > "$assets/ctl.fish"
+
 cargo deb --no-build --locked -p agent
-echo "package.sh: built $(ls "$target_dir"/debian/rexec-agent_*.deb)"
+cargo deb --no-build --locked -p ctl
+echo "package.sh: built" "$target_dir"/debian/rexec-{agent,ctl}_*.deb
 
 [ "${1:-}" = --check ] || exit 0
 exec scripts/check-packages.sh "$target_dir/debian"

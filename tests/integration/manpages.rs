@@ -1,5 +1,5 @@
 //! Man pages: `cargo xtask man` writes roff that groff and man render without a warning, and
-//! every long option the binaries' `--help` lists is in the page.
+//! every long option the binaries' `--help` lists (each ctl subcommand's too) is in the page.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -117,6 +117,32 @@ fn check_page(page: &Path, program: &str, invocations: &[Vec<&str>]) {
 fn agent_page_renders_and_lists_every_option_of_its_help() {
     let dir = generate();
     check_page(&dir.path().join("agent.8"), "agent", &[vec![]]);
+}
+
+#[test]
+fn ctl_page_renders_and_lists_every_option_of_every_subcommand() {
+    let dir = generate();
+    let top = help("ctl", &[]);
+    let subcommands = subcommands(&top);
+    assert!(
+        subcommands.iter().any(|s| s == "exec"),
+        "no subcommands found in ctl --help:\n{top}"
+    );
+    let mut invocations = vec![vec![]];
+    invocations.extend(subcommands.iter().map(|s| vec![s.as_str()]));
+    check_page(&dir.path().join("ctl.1"), "ctl", &invocations);
+}
+
+/// The subcommands a `--help` lists under `Commands:` (`help` left out).
+fn subcommands(help: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| *name != "help")
+        .map(str::to_owned)
+        .collect()
 }
 
 #[test]

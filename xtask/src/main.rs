@@ -9,6 +9,9 @@
 #[allow(dead_code)]
 #[path = "../../agent/src/cli.rs"]
 mod agent_cli;
+#[allow(dead_code)]
+#[path = "../../ctl/src/cli.rs"]
+mod ctl_cli;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -41,7 +44,23 @@ fn main() -> ExitCode {
 
 /// The pages: file name, section, command.
 fn pages() -> Vec<(&'static str, &'static str, clap::Command)> {
-    vec![("agent.8", "8", agent_cli::Cli::command())]
+    // ctl's about line is its package description, which clap would take from this crate's.
+    let ctl = ctl_cli::Cli::command()
+        .name("ctl")
+        .about(description(include_str!("../../ctl/Cargo.toml")));
+    vec![
+        ("agent.8", "8", agent_cli::Cli::command()),
+        ("ctl.1", "1", ctl),
+    ]
+}
+
+/// The `description` of a Cargo.toml's package.
+fn description(manifest: &'static str) -> &'static str {
+    manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("description = \""))
+        .and_then(|rest| rest.strip_suffix('"'))
+        .unwrap_or_default()
 }
 
 /// Writes every page into `dir` (created if missing); returns the paths written.
