@@ -47,6 +47,9 @@ pub enum Command {
     /// Print a shell completion script for ctl to stdout.
     #[command(after_help = COMPLETIONS_EXAMPLES)]
     Completions(CompletionsArgs),
+    /// Install and start the agent on hosts over ssh, with a key enrolled for each; ping it.
+    #[command(after_help = DEPLOY_EXAMPLES)]
+    Deploy(DeployArgs),
 }
 
 const EXEC_EXAMPLES: &str = "\
@@ -101,6 +104,23 @@ Examples:
   ctl completions bash > ~/.local/share/bash-completion/completions/ctl
   ctl completions zsh > ~/.zfunc/_ctl    (with fpath+=~/.zfunc before compinit in ~/.zshrc)
   ctl completions fish > ~/.config/fish/completions/ctl.fish";
+
+const DEPLOY_EXAMPLES: &str = "\
+Examples:
+  ctl deploy web1 web2                         # ssh web1, web2: install, enroll, start, ping
+  ctl deploy -H 'web[01-20]' -P 10 --ssh-option User=admin
+  ctl deploy --dry-run --hosts-file fleet.txt  # what would be done, and nothing
+  ctl deploy --replace-keys web1               # a new key file instead of keeping the old
+  ctl deploy --ssh 'ssh -F ./ssh_config' --root /tmp/scratch --listen 127.0.0.1:0 test1
+
+What it does on each host, over one ssh connection (as root, or through sudo -n):
+  copies the agent to /usr/local/bin/agent (an upgrade in place when it is there),
+  writes /etc/rexec/keys with the key enrolled for the host's name (sent over ssh's
+  stdin, never on a command line) unless it holds that key id (--replace-keys),
+  creates the account (--user) and installs, enables and (re)starts rexec-agent.service;
+  without systemd (or with --root) it starts the agent in the background and says so.
+  Then it pings the new agent. Exit status: 0 when every host answered the ping, 1 when
+  a host refused a step, 255 when ssh or the ping could not reach one.";
 
 /// Which key to authenticate with.
 #[derive(Debug, Args)]
@@ -303,6 +323,69 @@ pub struct PingArgs {
     /// Targets to ping.
     #[arg(value_name = "TARGET")]
     pub positional: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    #[command(flatten)]
+    pub key: KeyArgs,
+
+    #[command(flatten)]
+    pub targets: TargetArgs,
+
+    /// The agent binary to install [default: `agent` beside ctl's own executable].
+    #[arg(long, value_name = "PATH")]
+    pub agent_binary: Option<PathBuf>,
+
+    /// The ssh command, with arguments of its own, split at spaces.
+    #[arg(long, value_name = "COMMAND", default_value = "ssh")]
+    pub ssh: String,
+
+    /// An option for ssh, as `ssh -o OPTION` (repeatable): Port=2222, User=admin, ...
+    #[arg(long = "ssh-option", value_name = "OPTION")]
+    pub ssh_options: Vec<String>,
+
+    /// Install under this directory instead of / (no systemd, no account; for tests).
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<String>,
+
+    /// Address the agent listens on [default: 0.0.0.0 and the target's port].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<std::net::SocketAddr>,
+
+    /// Account the agent runs as, created when missing.
+    #[arg(long, value_name = "NAME", default_value = "rexec", value_parser = parse_user)]
+    pub user: String,
+
+    /// Write a new key file even where the host's holds this key id already.
+    #[arg(long)]
+    pub replace_keys: bool,
+
+    /// Print what would be done on each host, and do nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Hosts to deploy to.
+    #[arg(value_name = "TARGET")]
+    pub positional: Vec<String>,
+}
+
+/// An account name that needs no quoting anywhere: `[a-z_][a-z0-9_-]*`, at most 32.
+pub fn parse_user(text: &str) -> Result<String, String> {
+    let mut chars = text.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
+    if first_ok
+        && text.len() <= 32
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+    {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "{text:?} is not an account name ([a-z_][a-z0-9_-]*)"
+        ))
+    }
 }
 
 #[derive(Debug, Args)]

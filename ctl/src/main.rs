@@ -7,6 +7,7 @@
 
 mod cli;
 mod config;
+mod deploy;
 mod engine;
 mod exit;
 mod interactive;
@@ -35,8 +36,8 @@ use clap::Parser;
 use rexec_shared::message::{ExecRequest, PtyRequest, WindowSize};
 
 use crate::cli::{
-    Cli, Command, CompletionsArgs, CopyArgs, ExecArgs, KeygenArgs, PingArgs, PullArgs, PushArgs,
-    TargetArgs,
+    Cli, Command, CompletionsArgs, CopyArgs, DeployArgs, ExecArgs, KeygenArgs, PingArgs, PullArgs,
+    PushArgs, TargetArgs,
 };
 use crate::engine::{Limits, Stop};
 use crate::render::fleet::{Fleet, Options as FleetOptions, Style};
@@ -64,6 +65,7 @@ fn main() -> ExitCode {
         Command::Pull(args) => runtime.block_on(pull(args)),
         Command::Keygen(args) => keygen(args),
         Command::Completions(args) => completions(args),
+        Command::Deploy(args) => runtime.block_on(deploy(args)),
     };
     // Join the runtime's threads (briefly) before exiting: glibc can crash when threads exit
     // while exit() runs, and a fleet run leaves dozens of resolver threads. The thread that
@@ -316,6 +318,98 @@ async fn exec_tty(args: ExecArgs, settings: setup::Settings) -> u8 {
     // No --output-dir: the session's screen is for the terminal.
     let mut renderer = Single::new(args.timeout, None);
     let code = engine::run(job, [target], limits, stop, &mut renderer).await;
+    let signalled = *interrupted.borrow();
+    match signalled {
+        Some(sig) => exit::signalled(sig),
+        None => code,
+    }
+}
+
+/// A word as a user would type it to `sh`: unchanged when nothing in it is special.
+fn shell_quote_if_needed(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@%+".contains(c));
+    if plain {
+        word.to_owned()
+    } else {
+        script::shell_quote(word)
+    }
+}
+
+async fn deploy(args: DeployArgs) -> u8 {
+    setup::init_logging(args.targets.verbose);
+    let settings = match setup::resolve(&args.targets, &args.key) {
+        Ok(s) => s,
+        Err(e) => return usage_error(e),
+    };
+    let targets = match choose(&args.targets, &args.positional, &settings) {
+        Ok(t) if t.is_empty() => return usage_error("missing TARGET to deploy to"),
+        Ok(t) => t,
+        Err(e) => return usage_error(e),
+    };
+    let key = match keys::load(settings.key_file.as_deref(), args.key.key_id.as_deref()) {
+        Ok(key) => key,
+        Err(e) => return usage_error(format!("{e:#}")),
+    };
+    let binary = match &args.agent_binary {
+        Some(path) => path.clone(),
+        None => match std::env::current_exe() {
+            Ok(exe) => exe.with_file_name("agent"),
+            Err(e) => return usage_error(format!("cannot find ctl's own executable: {e}")),
+        },
+    };
+    let bytes = match std::fs::read(&binary) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            return usage_error(format!(
+                "cannot read the agent binary {}: {e}; give its path with --agent-binary",
+                binary.display()
+            ))
+        }
+    };
+    let ssh: Vec<String> = args.ssh.split_whitespace().map(str::to_owned).collect();
+    if ssh.is_empty() {
+        return usage_error("--ssh is empty: give the ssh command, e.g. --ssh ssh");
+    }
+    let mut ssh_argv = ssh;
+    for option in &args.ssh_options {
+        ssh_argv.extend(["-o".to_owned(), option.clone()]);
+    }
+    if let Some(root) = &args.root {
+        if !root.starts_with('/') {
+            return usage_error(format!("--root {root:?} must be an absolute path"));
+        }
+    }
+    let many = args.targets.many() || targets.len() > 1;
+    let job = Arc::new(deploy::Deploy {
+        key,
+        ssh: ssh_argv,
+        agent_b64: deploy::encode_binary(&bytes),
+        root: args.root.clone(),
+        listen: args.listen,
+        user: args.user.clone(),
+        replace_keys: args.replace_keys,
+        connect_timeout: settings.connect_timeout,
+    });
+    if args.dry_run {
+        for target in &targets {
+            for line in job.dry_run(target) {
+                println!("{target}: {line}");
+            }
+        }
+        return 0;
+    }
+    let limits = Limits {
+        parallel: settings.parallel as usize,
+        max_fail: None,
+        batch: None,
+    };
+    let interrupted = signals::watch();
+    let stop = Stop::following(interrupted.clone());
+    let mut renderer = render::deploy::Deploys::new(many);
+    let code = engine::run(job, targets, limits, stop, &mut renderer).await;
     let signalled = *interrupted.borrow();
     match signalled {
         Some(sig) => exit::signalled(sig),

@@ -673,3 +673,136 @@ pub fn have(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
+
+/// A private sshd on 127.0.0.1, with its own host key, client key, authorized_keys and
+/// config in a scratch directory; stopped (by its pid) when dropped. `ssh -F` with
+/// [`Sshd::ssh_config`] logs in to it as the current user with no prompt.
+pub struct Sshd {
+    child: KillOnDrop,
+    /// The client config: `Host *` goes to this sshd; `Host dead` to a closed port.
+    pub ssh_config: PathBuf,
+    /// Keeps the keys and configs alive.
+    _dir: tempfile::TempDir,
+}
+
+impl Sshd {
+    /// Starts one, or says why this machine cannot (no sshd, no ssh-keygen).
+    pub fn start() -> Result<Self, String> {
+        let sshd = Path::new("/usr/sbin/sshd");
+        if !sshd.is_file() || !have("ssh") || !have("ssh-keygen") {
+            return Err(
+                "sshd, ssh or ssh-keygen is not installed (apt-get install openssh-server)".into(),
+            );
+        }
+        let dir = scratch();
+        let d = dir.path();
+        for name in ["host_key", "id"] {
+            let out = run_bounded(
+                "ssh-keygen",
+                &[
+                    "-q",
+                    "-t",
+                    "ed25519",
+                    "-N",
+                    "",
+                    "-f",
+                    &d.join(name).to_string_lossy(),
+                ],
+                Duration::from_secs(30),
+            );
+            if !out.status.success() {
+                return Err(format!(
+                    "ssh-keygen failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+        }
+        std::fs::copy(d.join("id.pub"), d.join("authorized_keys")).expect("authorized_keys");
+        // sshd's privilege separation needs this directory; the distribution's unit makes it.
+        std::fs::create_dir_all("/run/sshd")
+            .map_err(|e| format!("cannot create /run/sshd: {e}"))?;
+        let host_pub = std::fs::read_to_string(d.join("host_key.pub")).expect("host key");
+        let mut last = String::new();
+        // The port is picked by binding 0 and letting go: another process may take it first.
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("free port")
+                .port();
+            let config = d.join("sshd_config");
+            std::fs::write(
+                &config,
+                format!(
+                    "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nAuthorizedKeysFile {ak}\n\
+                     PidFile {pid}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n\
+                     KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n\
+                     LogLevel INFO\nSetEnv SHLVL=1\n",
+                    hk = d.join("host_key").display(),
+                    ak = d.join("authorized_keys").display(),
+                    pid = d.join("sshd.pid").display(),
+                ),
+            )
+            .expect("sshd_config");
+            let mut child = KillOnDrop(
+                Command::new(sshd)
+                    .args(["-D", "-e", "-f"])
+                    .arg(&config)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .map_err(|e| format!("cannot start sshd: {e}"))?,
+            );
+            let lines = LineReader::new(child.stderr.take().expect("sshd stderr"));
+            let mut log = String::new();
+            while let Some(line) = lines.next(Duration::from_secs(20)) {
+                log.push_str(&line);
+                if line.contains("Server listening") {
+                    break;
+                }
+            }
+            if !log.contains("Server listening") {
+                last = format!("sshd did not start listening: {log}");
+                continue;
+            }
+            // Keep draining its log so it never blocks on a full pipe.
+            std::thread::spawn(move || while lines.next(Duration::from_secs(3600)).is_some() {});
+            std::fs::write(
+                d.join("known_hosts"),
+                format!("[127.0.0.1]:{port} {host_pub}"),
+            )
+            .expect("known_hosts");
+            let ssh_config = d.join("ssh_config");
+            std::fs::write(
+                &ssh_config,
+                format!(
+                    "Host dead\n  HostName 127.0.0.1\n  Port 1\n\
+                     Host *\n  HostName 127.0.0.1\n  Port {port}\n  User {user}\n  IdentityFile {id}\n\
+                     IdentitiesOnly yes\n  UserKnownHostsFile {kh}\n  GlobalKnownHostsFile /dev/null\n\
+                     StrictHostKeyChecking yes\n  LogLevel ERROR\n",
+                    user = String::from_utf8_lossy(
+                        &run_bounded("id", &["-un"], Duration::from_secs(10)).stdout
+                    )
+                    .trim(),
+                    id = d.join("id").display(),
+                    kh = d.join("known_hosts").display(),
+                ),
+            )
+            .expect("ssh_config");
+            return Ok(Self {
+                child,
+                ssh_config,
+                _dir: dir,
+            });
+        }
+        Err(last)
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        // SIGTERM first so sshd closes its sessions; KillOnDrop then reaps (or kills) it.
+        self.child.signal(libc::SIGTERM);
+        let _ = wait_bounded(&mut self.child, Duration::from_secs(10));
+    }
+}

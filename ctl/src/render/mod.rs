@@ -8,7 +8,9 @@
 //! - [`ping::Pings`]: one line per answering (or failing) target.
 //! - [`transfer::Transfers`]: one result line (or `--json` record) per target of a push or
 //!   pull, its entries that failed as they happen, and the summary.
+//! - [`deploy::Deploys`]: one line per host `ctl deploy` installed the agent on (or did not).
 
+pub mod deploy;
 pub mod fleet;
 pub mod json;
 mod lines;
