@@ -560,6 +560,10 @@ mod tests {
         assert!(after.starts_with("REXEC_KEYS_END\n"));
         assert_eq!(text.matches(secret.trim()).count(), 1);
         // The unit the script would install listens where asked.
+        assert!(
+            UNIT.contains(UNIT_EXEC_START),
+            "agent.service changed its ExecStart"
+        );
         assert!(text.contains("--listen 127.0.0.1:0\n"));
         assert!(!text.contains(UNIT_EXEC_START));
     }
