@@ -27,9 +27,12 @@ fi
 dpkg-deb -e "$agent" "$scratch/agent-control"
 grep -qx /etc/default/rexec-agent "$scratch/agent-control/conffiles" ||
   fail "rexec-agent: /etc/default/rexec-agent is not a conffile"
-grep -q 'useradd --system' "$scratch/agent-control/postinst" ||
-  fail "rexec-agent: postinst does not create the rexec system user"
-grep -q 'install -d -m 0700 -o rexec -g rexec /etc/rexec' "$scratch/agent-control/postinst" ||
+# The unit runs as the user its User= names; without one (root) no account is needed.
+unit_user=$(dpkg-deb --fsys-tarfile "$agent" | tar -xO ./lib/systemd/system/rexec-agent.service | sed -n 's/^User=//p')
+if [ -n "$unit_user" ] && ! grep -q "useradd --system.* $unit_user\$" "$scratch/agent-control/postinst"; then
+  fail "rexec-agent: the unit runs as $unit_user but postinst does not create that system user"
+fi
+grep -q 'install -d -m 0700 .*/etc/rexec' "$scratch/agent-control/postinst" ||
   fail "rexec-agent: postinst does not create /etc/rexec with mode 0700"
 for script in postinst prerm postrm; do
   sh -n "$scratch/agent-control/$script" || fail "rexec-agent: $script is not valid sh"

@@ -117,8 +117,9 @@ What it does on each host, over one ssh connection (as root, or through sudo -n)
   copies the agent to /usr/local/bin/agent (an upgrade in place when it is there),
   writes /etc/rexec/keys with the key enrolled for the host's name (sent over ssh's
   stdin, never on a command line) unless it holds that key id (--replace-keys),
-  creates the account (--user) and installs, enables and (re)starts rexec-agent.service;
-  without systemd (or with --root) it starts the agent in the background and says so.
+  installs, enables and (re)starts rexec-agent.service (the agent runs as root, each
+  key's commands as its user=); without systemd (or with --root) it starts the agent in
+  the background and says so.
   Then it pings the new agent. Exit status: 0 when every host answered the ping, 1 when
   a host refused a step, 255 when ssh or the ping could not reach one.";
 
@@ -353,10 +354,6 @@ pub struct DeployArgs {
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Option<std::net::SocketAddr>,
 
-    /// Account the agent runs as, created when missing.
-    #[arg(long, value_name = "NAME", default_value = "rexec", value_parser = parse_user)]
-    pub user: String,
-
     /// Write a new key file even where the host's holds this key id already.
     #[arg(long)]
     pub replace_keys: bool,
@@ -368,24 +365,6 @@ pub struct DeployArgs {
     /// Hosts to deploy to.
     #[arg(value_name = "TARGET")]
     pub positional: Vec<String>,
-}
-
-/// An account name that needs no quoting anywhere: `[a-z_][a-z0-9_-]*`, at most 32.
-pub fn parse_user(text: &str) -> Result<String, String> {
-    let mut chars = text.chars();
-    let first_ok = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
-    if first_ok
-        && text.len() <= 32
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
-    {
-        Ok(text.to_owned())
-    } else {
-        Err(format!(
-            "{text:?} is not an account name ([a-z_][a-z0-9_-]*)"
-        ))
-    }
 }
 
 #[derive(Debug, Args)]

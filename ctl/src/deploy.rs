@@ -22,7 +22,7 @@ use crate::output::Output;
 use crate::remote;
 use crate::target::Target;
 
-/// The systemd unit the repository ships; its ExecStart, User and Group are set per host.
+/// The systemd unit the repository ships; its ExecStart is set per host.
 const UNIT: &str = include_str!("../../agent/agent.service");
 /// The unit's ExecStart line as shipped.
 const UNIT_EXEC_START: &str =
@@ -54,8 +54,6 @@ pub struct Deploy {
     pub root: Option<String>,
     /// `--listen`, if given; else 0.0.0.0 and the target's port.
     pub listen: Option<std::net::SocketAddr>,
-    /// The account the agent runs as.
-    pub user: String,
     /// Write the key file even where it holds this key id.
     pub replace_keys: bool,
     /// Bound on ssh connecting, and on each ping.
@@ -108,7 +106,6 @@ impl Deploy {
     pub fn script_for(&self, target: &Target) -> String {
         script(&Params {
             root: self.root.as_deref(),
-            user: &self.user,
             listen: &self.listen_for(target),
             key_id: &self.key.id,
             key_file: &agent_key_file(&self.key, &target.host),
@@ -160,9 +157,8 @@ impl Deploy {
             )
         } else {
             format!(
-                "create account {} if missing; install, enable and restart \
-                 rexec-agent.service listening on {} (without systemd: start in the background)",
-                self.user,
+                "install, enable and restart rexec-agent.service listening on {} \
+                 (without systemd: start in the background)",
                 self.listen_for(target)
             )
         };
@@ -176,6 +172,12 @@ impl Deploy {
             format!(
                 "would copy the agent ({} bytes) to {root}/usr/local/bin/agent",
                 self.agent_b64.len() / 4 * 3
+                    - self
+                        .agent_b64
+                        .bytes()
+                        .rev()
+                        .take_while(|&b| b == b'=')
+                        .count()
             ),
             format!(
                 "would {keys} {root}/etc/rexec/keys with key {:?} enrolled for {:?}",
@@ -353,8 +355,6 @@ pub fn parse_report(status: Option<i32>, stdout: &str, stderr: &str) -> Result<R
 pub struct Params<'a> {
     /// Install under this directory instead of `/`.
     pub root: Option<&'a str>,
-    /// The account the agent runs as (checked by `cli::parse_user`, needs no quoting).
-    pub user: &'a str,
     /// `ADDR:PORT` for `--listen`.
     pub listen: &'a str,
     /// The key id of the enrolled line: a key file that holds it is kept.
@@ -372,22 +372,18 @@ pub struct Params<'a> {
 /// swallow the rest of the script from stdin.
 pub fn script(p: &Params) -> String {
     let q = crate::script::shell_quote;
-    let unit = UNIT
-        .replace(
-            UNIT_EXEC_START,
-            &format!(
-                "ExecStart=/usr/local/bin/agent --key-file /etc/rexec/keys --listen {}",
-                p.listen
-            ),
-        )
-        .replace("User=rexec", &format!("User={}", p.user))
-        .replace("Group=rexec", &format!("Group={}", p.user));
+    let unit = UNIT.replace(
+        UNIT_EXEC_START,
+        &format!(
+            "ExecStart=/usr/local/bin/agent --key-file /etc/rexec/keys --listen {}",
+            p.listen
+        ),
+    );
     let mut s = String::new();
     s.push_str("{\nset -u\nexec </dev/null\n");
     s.push_str(&format!(
-        "root={}\nuser={}\nlisten={}\nkey_id={}\nreplace_keys={}\nscratch={}\n",
+        "root={}\nlisten={}\nkey_id={}\nreplace_keys={}\nscratch={}\n",
         q(p.root.unwrap_or("")),
-        q(p.user),
         q(p.listen),
         q(p.key_id),
         u8::from(p.replace_keys),
@@ -429,7 +425,7 @@ pub fn script(p: &Params) -> String {
     s
 }
 
-/// Directories, the account, then where the binary goes (`$new`) and a file for errors.
+/// Directories, then where the binary goes (`$new`) and a file for errors.
 const SCRIPT_STEPS_BEFORE_BINARY: &str = r#"say() { printf 'rexec-deploy: %s\n' "$*"; }
 fail() { printf 'rexec-deploy: error %s\n' "$*"; exit 1; }
 bin="$root/usr/local/bin/agent"
@@ -443,11 +439,6 @@ trap 'rm -f "$err" "$new"' EXIT
 for dir in "$root/usr/local/bin" "$state"; do
   mkdir -p "$dir" 2>"$err" || fail "cannot create $dir: $(tail -n 1 "$err")"
 done
-if [ "$scratch" = 0 ] && ! id "$user" >/dev/null 2>&1; then
-  useradd --system --user-group --home-dir "$state" --shell /usr/sbin/nologin "$user" 2>"$err" ||
-    fail "cannot create the account $user: $(tail -n 1 "$err")"
-  say "account $user created"
-fi
 # A full disk would otherwise show as a bare "write error" from base64.
 free_kib=$(df -Pk "$root/usr/local/bin" 2>/dev/null | awk 'NR == 2 { print $4 }')
 if [ -n "$free_kib" ] && [ "$free_kib" -lt "$need_kib" ]; then
@@ -463,7 +454,6 @@ mv -f "$new" "$bin" 2>"$err" || fail "cannot install $bin: $(tail -n 1 "$err")"
 say "version $version"
 mkdir -p "$etc" 2>"$err" || fail "cannot create $etc: $(tail -n 1 "$err")"
 chmod 0700 "$etc"
-if [ "$scratch" = 0 ]; then chown "$user:$user" "$etc" "$state"; fi
 write_keys=1
 if [ -s "$keys" ] && [ "$replace_keys" = 0 ] && grep -q "^$key_id[[:space:]]" "$keys"; then
   write_keys=0
@@ -471,9 +461,8 @@ if [ -s "$keys" ] && [ "$replace_keys" = 0 ] && grep -q "^$key_id[[:space:]]" "$
 fi
 "#;
 
-/// Moves the new key file into place, owned by the agent's account.
-const SCRIPT_INSTALL_KEYS: &str = r#"if [ "$scratch" = 0 ]; then chown "$user:$user" "$keys.new"; fi
-had=0; [ -e "$keys" ] && had=1
+/// Moves the new key file into place.
+const SCRIPT_INSTALL_KEYS: &str = r#"had=0; [ -e "$keys" ] && had=1
 mv -f "$keys.new" "$keys" 2>"$err" || fail "cannot install $keys: $(tail -n 1 "$err")"
 if [ "$had" = 1 ]; then say "keys replaced"; else say "keys written"; fi
 "#;
@@ -503,12 +492,7 @@ if [ -s "$pidfile" ]; then
   esac
 fi
 : > "$log"
-if [ "$scratch" = 0 ] && [ "$(id -u)" = 0 ] && [ "$user" != root ]; then
-  command -v setpriv >/dev/null || fail "no systemd, and no setpriv to start the agent as $user"
-  setpriv --reuid "$user" --regid "$user" --init-groups "$bin" --key-file "$keys" --listen "$listen" >>"$log" 2>&1 </dev/null &
-else
-  "$bin" --key-file "$keys" --listen "$listen" >>"$log" 2>&1 </dev/null &
-fi
+"$bin" --key-file "$keys" --listen "$listen" >>"$log" 2>&1 </dev/null &
 pid=$!
 echo "$pid" > "$pidfile"
 n=0
@@ -537,7 +521,6 @@ mod tests {
     fn params(key_file: &str) -> Params<'_> {
         Params {
             root: Some("/tmp/it's here"),
-            user: "rexec",
             listen: "127.0.0.1:0",
             key_id: "ops",
             key_file,

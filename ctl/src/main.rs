@@ -389,7 +389,6 @@ async fn deploy(args: DeployArgs) -> u8 {
         agent_b64: deploy::encode_binary(&bytes),
         root: args.root.clone(),
         listen: args.listen,
-        user: args.user.clone(),
         replace_keys: args.replace_keys,
         connect_timeout: settings.connect_timeout,
     });
