@@ -25,7 +25,7 @@ use anyhow::Context;
 use clap::builder::TypedValueParser;
 use clap::Parser;
 use rexec_shared::cli::parse_secs;
-use rexec_shared::keyfile::KeyRing;
+use rexec_shared::keyfile::AgentKeys;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -51,8 +51,9 @@ use crate::logging::LIFECYCLE;
 #[derive(Debug, Parser)]
 #[command(version, about, long_about, max_term_width = 100, after_help = AFTER_HELP)]
 struct Cli {
-    /// Key file: lines of `<key-id> <64 hex digits> [options]` (user=, from=, command=, no-stdin,
-    /// no-pty, max-timeout=); must not be readable by group or others.
+    /// Key file: lines `<key-id> <64 hex digits> <agent-name> [options]` as `ctl enroll` prints
+    /// them (options: user=, from=, command=, no-stdin, no-pty, max-timeout=); must not be
+    /// readable by group or others.
     #[arg(long, value_name = "PATH")]
     key_file: PathBuf,
 
@@ -106,7 +107,8 @@ struct Cli {
 /// Examples and exit statuses, kept out of the doc comment so clap does not rewrap them.
 const AFTER_HELP: &str = "\
 Examples:
-  ctl keygen --id ops -o /etc/rexec/keys
+  ctl keygen --id ops -o ~/.config/rexec/key             # on the client: its master key
+  ctl enroll -o /etc/rexec/keys web1                     # the line web1 needs, to install there
   agent --key-file /etc/rexec/keys                       # listens on 0.0.0.0:50007
   agent --key-file keys --listen 127.0.0.1:0             # a free port on loopback
   agent --key-file /etc/rexec/keys --log-format json --log-level warn
@@ -252,8 +254,8 @@ fn close_inherited_on_exec() -> std::io::Result<()> {
 }
 
 /// Reads the key file and checks that the agent can honour every key's options.
-fn load_keys(path: &std::path::Path) -> anyhow::Result<KeyRing> {
-    let ring = KeyRing::load(path)?;
+fn load_keys(path: &std::path::Path) -> anyhow::Result<AgentKeys> {
+    let ring = AgentKeys::load(path)?;
     credentials::check_key_users(&ring, path).map_err(anyhow::Error::msg)?;
     Ok(ring)
 }

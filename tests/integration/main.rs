@@ -22,6 +22,7 @@ mod fleet_select;
 mod hardening;
 mod hardening_faults;
 mod hardening_mitm;
+mod host_keys;
 mod ops;
 mod output_safety;
 mod policy;

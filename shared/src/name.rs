@@ -1,0 +1,104 @@
+//! Agent names: the name ctl expects the agent it reaches to hold keys for, in the one
+//! canonical form that both sides compare, derive keys from and put on the wire.
+//!
+//! Canonical form: ASCII lowercase, one trailing dot dropped, an IPv6 address (brackets
+//! allowed around it) in its RFC 5952 form; 1-253 characters of `a-z 0-9 . _ : -`.
+
+use std::fmt;
+use std::net::Ipv6Addr;
+
+/// Longest agent name, the longest DNS name; it fits in the one length byte of the ClientHello.
+pub const MAX_NAME_LEN: usize = 253;
+
+/// An agent name in canonical form.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AgentName(String);
+
+impl AgentName {
+    /// The canonical form of `text`, or why it cannot be an agent name.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bad = |why: &str| format!("invalid agent name {text:?}: {why}");
+        let mut name = text.trim();
+        if let Some(inner) = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+            name = inner;
+        }
+        if let Some(stripped) = name.strip_suffix('.') {
+            name = stripped;
+        }
+        if name.is_empty() {
+            return Err(bad("empty"));
+        }
+        let name = match name.parse::<Ipv6Addr>() {
+            Ok(addr) => addr.to_string(),
+            Err(_) => name.to_ascii_lowercase(),
+        };
+        if name.len() > MAX_NAME_LEN {
+            return Err(bad("longer than 253 characters"));
+        }
+        if !name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b':' | b'-')
+        }) {
+            return Err(bad(
+                "use letters, digits and . _ : - only (an IDN in its xn-- form)",
+            ));
+        }
+        Ok(Self(name))
+    }
+
+    /// `text` as a name if it is already in canonical form: what the agent accepts on the wire,
+    /// so that one name has exactly one encoding.
+    pub fn from_canonical(text: &str) -> Option<Self> {
+        Self::parse(text).ok().filter(|name| name.0 == text)
+    }
+
+    /// The canonical text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AgentName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn canon(text: &str) -> String {
+        AgentName::parse(text).unwrap().to_string()
+    }
+
+    #[test]
+    fn names_compare_case_insensitively_without_a_trailing_dot() {
+        assert_eq!(canon("Web1.Example.COM."), "web1.example.com");
+        assert_eq!(canon("127.0.0.1"), "127.0.0.1");
+        assert_eq!(canon("db_2"), "db_2");
+    }
+
+    #[test]
+    fn ipv6_addresses_take_their_canonical_form() {
+        assert_eq!(canon("[::1]"), "::1");
+        assert_eq!(canon("0:0:0:0:0:0:0:1"), "::1");
+        assert_eq!(canon("2001:DB8:0:0::1"), "2001:db8::1");
+    }
+
+    #[test]
+    fn only_canonical_text_is_accepted_from_the_wire() {
+        assert!(AgentName::from_canonical("web1").is_some());
+        assert!(AgentName::from_canonical("Web1").is_none());
+        assert!(AgentName::from_canonical("web1.").is_none());
+        assert!(AgentName::from_canonical("0::1").is_none());
+        assert!(AgentName::from_canonical("[::1]").is_none());
+    }
+
+    #[test]
+    fn bad_names_are_refused() {
+        for bad in ["", ".", "a b", "a/b", "é", "a\u{0}", &"a".repeat(254), "[]"] {
+            assert!(AgentName::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(AgentName::parse(&"a".repeat(253)).is_ok());
+    }
+}
