@@ -600,7 +600,7 @@ mod tests {
         for (bad, reason) in [
             (format!("a {hex}\n"), "client key"),
             ("a\n".to_owned(), "expected"),
-            (format!("a 1234 web1\n"), "64 hex"),
+            ("a 1234 web1\n".to_owned(), "64 hex"),
             (format!("bad/id {hex} web1\n"), "key id"),
             (format!("a {hex} bad/name\n"), "invalid agent name"),
             (

@@ -495,7 +495,6 @@ fn a_command_sent_before_the_proof_is_refused_and_nothing_runs() {
     let wrong = KeyEntry {
         id: key.id.clone(),
         secret: Secret::from_bytes([7; 32]),
-        ..key.clone()
     };
     let (mut bytes, _) = client_hello(&mut conn, &wrong);
     let exec_frame = sealed_with_a_guessed_session(2);
