@@ -212,7 +212,8 @@ fn read_private(path: &Path) -> Result<Zeroizing<String>, KeyFileError> {
 }
 
 impl KeyRing {
-    /// Reads a client key file (see [`read_private`] for the checks).
+    /// Reads a client key file, refusing one that group or others may read or write, one
+    /// owned by another user, and anything but a regular file of sensible size.
     pub fn load(path: &Path) -> Result<Self, KeyFileError> {
         Self::parse(&read_private(path)?, path)
     }
@@ -356,7 +357,7 @@ pub struct AgentKeys {
 }
 
 impl AgentKeys {
-    /// Reads an agent key file (see [`read_private`] for the checks).
+    /// Reads an agent key file, with the same checks as [`KeyRing::load`].
     pub fn load(path: &Path) -> Result<Self, KeyFileError> {
         Self::parse(&read_private(path)?, path)
     }
