@@ -184,7 +184,7 @@ impl Server {
 
 fn exit_status() -> impl Strategy<Value = ExitStatus> {
     // A process ends with a code or by a signal (1..=64), never both.
-    let code = any::<i32>().prop_map(|c| (Some(c), None));
+    let code = (0..=255i32).prop_map(|c| (Some(c), None));
     let signal = (1..=64i32).prop_map(|s| (None, Some(s)));
     (prop_oneof![code, signal], any::<bool>()).prop_map(|((code, signal), timed_out)| ExitStatus {
         code,

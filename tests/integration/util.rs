@@ -177,10 +177,27 @@ impl Agent {
                 .and_then(|n| n.to_str())
                 .unwrap_or("keys")
         );
-        // Loopback agents are also reached as "localhost": one enrolled line per name.
-        let lines = match host {
-            "127.0.0.1" | "::1" => enrolled(&client, host) + &enrolled(&client, "localhost"),
-            _ => enrolled(&client, host),
+        // A loopback agent is reached under any of its loopback names (tests connect to an
+        // IPv4-mapped listener as 127.0.0.1): one enrolled line per name.
+        let loopback = host
+            .parse::<std::net::IpAddr>()
+            .map(|ip| ip.to_canonical().is_loopback())
+            .unwrap_or(false);
+        let lines = if loopback {
+            let mut names =
+                vec![rexec_shared::name::AgentName::parse(host).expect("a valid agent name")];
+            for alias in ["127.0.0.1", "::1", "localhost"] {
+                let alias = rexec_shared::name::AgentName::parse(alias).expect("a valid name");
+                if !names.contains(&alias) {
+                    names.push(alias);
+                }
+            }
+            names
+                .iter()
+                .map(|n| enrolled(&client, n.as_str()))
+                .collect()
+        } else {
+            enrolled(&client, host)
         };
         let agent_key_file = write_key_file(dir.path(), &name, &lines);
         // Owned as the client file is, for agents that run as another user.
