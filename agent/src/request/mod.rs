@@ -111,7 +111,7 @@ pub async fn dispatch<R, W>(
                 user,
             };
             let outcome = pty::run(req, reader, writer, ctx).await;
-            audit::command(peer, &principal.key_id, &command, None, &outcome);
+            audit::command(peer, principal, &command, None, &outcome);
         }
     }
 }
