@@ -2,7 +2,10 @@
 //! canonical form that both sides compare, derive keys from and put on the wire.
 //!
 //! Canonical form: ASCII lowercase, one trailing dot dropped, an IPv6 address (brackets
-//! allowed around it) in its RFC 5952 form; 1-253 characters of `a-z 0-9 . _ : -`.
+//! allowed around it) in its RFC 5952 form (an IPv4-mapped address `::ffff:a.b.c.d` with its last
+//! 32 bits in dotted decimal, every other address in hexadecimal only); 1-253 characters of
+//! `a-z 0-9 . _ : -`, not ending in a dot. Taking the canonical form twice gives the same name,
+//! so the name `ctl enroll` derives a key for is the one the agent files it under.
 
 use std::fmt;
 use std::net::Ipv6Addr;
@@ -27,6 +30,11 @@ impl AgentName {
         }
         if name.is_empty() {
             return Err(bad("empty"));
+        }
+        // "web1.." would become "web1.", whose canonical form is "web1": a key derived for one
+        // spelling would be filed under another.
+        if name.ends_with('.') {
+            return Err(bad("ends with more than one dot"));
         }
         let name = match name.parse::<Ipv6Addr>() {
             Ok(addr) => addr.to_string(),
@@ -83,6 +91,41 @@ mod tests {
         assert_eq!(canon("[::1]"), "::1");
         assert_eq!(canon("0:0:0:0:0:0:0:1"), "::1");
         assert_eq!(canon("2001:DB8:0:0::1"), "2001:db8::1");
+        // As docs/protocol.md pins it (implementations differ here): only an IPv4-mapped
+        // address keeps dotted decimal; the longest run of zero fields (the first of equal
+        // runs) is the one shortened, and a single zero field is not.
+        assert_eq!(canon("::FFFF:192.0.2.1"), "::ffff:192.0.2.1");
+        assert_eq!(canon("::ffff:c000:201"), "::ffff:192.0.2.1");
+        assert_eq!(canon("::192.0.2.1"), "::c000:201");
+        assert_eq!(canon("64:ff9b::192.0.2.1"), "64:ff9b::c000:201");
+        assert_eq!(canon("1:0:0:1:0:0:0:1"), "1:0:0:1::1");
+        assert_eq!(canon("1:0:0:1:0:0:1:1"), "1::1:0:0:1:1");
+        assert_eq!(canon("1:0:1:1:1:1:1:1"), "1:0:1:1:1:1:1:1");
+        // IPv4 addresses are taken as written: "127.1" is another name than "127.0.0.1".
+        assert_eq!(canon("127.1"), "127.1");
+    }
+
+    #[test]
+    fn the_canonical_form_of_a_canonical_name_is_itself() {
+        for text in [
+            "Web1.",
+            "web1",
+            "[::1]",
+            "[web1.]",
+            "::FFFF:1.2.3.4",
+            " db_2 ",
+            "a..b",
+            ".a",
+        ] {
+            let once = canon(text);
+            assert_eq!(canon(&once), once, "{text:?}");
+            assert!(AgentName::from_canonical(&once).is_some(), "{text:?}");
+        }
+        // One trailing dot is dropped; a name that would keep one after that is refused, so
+        // that no name enrolls under one spelling and is filed under another.
+        for bad in ["web1..", "..", "[::1].."] {
+            assert!(AgentName::parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
