@@ -356,6 +356,13 @@ pub struct AgentKeys {
     ids: HashSet<String>,
 }
 
+/// Where a key id first appeared in an agent key file, and with which options.
+struct FirstLine {
+    line: usize,
+    name: AgentName,
+    policy: Policy,
+}
+
 impl AgentKeys {
     /// Reads an agent key file, with the same checks as [`KeyRing::load`].
     pub fn load(path: &Path) -> Result<Self, KeyFileError> {
@@ -366,10 +373,12 @@ impl AgentKeys {
     ///
     /// Lines are `<key-id> <secret> <agent-name> [options]`. A line without a name is refused:
     /// it is a client's master key, which must never sit on an agent. Options are the key's
-    /// [`Policy`]; one that is not understood refuses the file.
+    /// [`Policy`]; one that is not understood refuses the file, and so do lines of one key id
+    /// with different options: the client holds the key for every name it is enrolled under
+    /// and chooses the name it sends, so it would choose the least restricted line.
     pub fn parse(text: &str, path: &Path) -> Result<Self, KeyFileError> {
         let mut by_id_and_name = HashMap::new();
-        let mut ids = HashSet::new();
+        let mut first_lines: HashMap<String, FirstLine> = HashMap::new();
         for (number, line) in key_lines(text) {
             let malformed = |reason: String| KeyFileError::Malformed {
                 path: path.to_owned(),
@@ -405,7 +414,29 @@ impl AgentKeys {
                     "key id {id:?} for agent name {name:?} appears on an earlier line too"
                 )));
             }
-            ids.insert(id.clone());
+            match first_lines.get(&id) {
+                Some(first) if first.policy != policy => {
+                    return Err(malformed(format!(
+                        "key id {id:?} has other options here than on line {} (for agent name \
+                         {:?}): its client holds the key for every name it is enrolled under and \
+                         picks the name, so the least restricted line would apply; give every \
+                         line of one key id the same options",
+                        first.line,
+                        first.name.as_str()
+                    )));
+                }
+                Some(_) => {}
+                None => {
+                    first_lines.insert(
+                        id.clone(),
+                        FirstLine {
+                            line: number,
+                            name: name.clone(),
+                            policy: policy.clone(),
+                        },
+                    );
+                }
+            }
             by_id_and_name.insert(
                 key,
                 AgentKey {
@@ -425,7 +456,7 @@ impl AgentKeys {
         }
         Ok(Self {
             by_id_and_name,
-            ids,
+            ids: first_lines.into_keys().collect(),
         })
     }
 
@@ -623,6 +654,33 @@ mod tests {
         agent_parse(&format!("{good}a {hex} web1-alias\nb {hex} web1\n")).unwrap();
         let err = agent_parse("# nothing\n").unwrap_err().to_string();
         assert!(err.contains("<agent-name>"), "{err}");
+    }
+
+    #[test]
+    fn every_line_of_one_key_id_carries_the_same_options() {
+        // The client chooses the name it sends, so an alias line without the restriction of
+        // the main line would let it shed the restriction.
+        let hex = "1".repeat(64);
+        let text = format!(
+            "# web1\nops {hex} web1 user=deploy,no-pty\ndev {hex} web1\nops {hex} 10.0.0.5\n"
+        );
+        let err = agent_parse(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("/etc/rexec/agent-keys")
+                && err.contains("line 4")
+                && err.contains("other options here than on line 2")
+                && err.contains("\"web1\""),
+            "{err}"
+        );
+        let text = format!("ops {hex} web1 no-pty\nops {hex} web2 no-pty,no-stdin\n");
+        assert!(agent_parse(&text).is_err());
+        // The same options (in any spelling) under every name are fine.
+        let keys = agent_parse(&format!(
+            "ops {hex} web1 user=deploy,no-pty\nops {hex} 10.0.0.5 no-pty,user=deploy\n"
+        ))
+        .unwrap();
+        assert_eq!(keys.len(), 2);
+        assert!(keys.has_id("ops") && !keys.has_id("dev"));
     }
 
     #[test]

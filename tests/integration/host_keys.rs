@@ -299,3 +299,32 @@ fn an_agent_refuses_a_client_key_line_and_names_the_file_and_line() {
     assert!(run.err().contains("client key"), "{run}");
     assert!(run.err().contains("never belongs on an agent"), "{run}");
 }
+
+#[test]
+fn an_agent_refuses_lines_of_one_key_id_with_different_options_for_different_names() {
+    // The client holds the key for every name it is enrolled under and picks the name: a bare
+    // alias line would undo the restriction of the main line.
+    let dir = scratch();
+    let client_line = key_line("ops");
+    let restricted = format!("{} no-pty,no-stdin\n", client_line.trim_end());
+    let file = write_key_file(
+        dir.path(),
+        "agent-keys",
+        &format!(
+            "# agent keys\n{}{}",
+            enrolled(&restricted, "web1"),
+            enrolled(&client_line, "10.0.0.5")
+        ),
+    );
+    let path = file.to_string_lossy().into_owned();
+    let run = crate::util::agent_cmd(["--key-file", path.as_str(), "--listen", "127.0.0.1:0"])
+        .timeout(WAIT)
+        .run();
+    assert_ne!(run.code(), 0, "{run}");
+    assert!(
+        run.err().contains(&path)
+            && run.err().contains("line 3")
+            && run.err().contains("than on line 2"),
+        "{run}"
+    );
+}
