@@ -508,6 +508,7 @@ fn random32() -> [u8; 32] {
 mod tests {
     use super::*;
     use crate::frame::{parse, MAX_HANDSHAKE_FRAME_LEN};
+    use crate::keyfile::enroll_line;
 
     fn frame_of(bytes: &[u8]) -> Frame<'_> {
         let (frame, used) = parse(bytes, MAX_HANDSHAKE_FRAME_LEN).unwrap().unwrap();
@@ -827,8 +828,41 @@ mod tests {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
 
+    /// The values of the worked example in docs/protocol.md, section 8, in order: under each
+    /// title line, the hex at the start of its indented lines, up to the first word that is
+    /// not hex.
+    fn documented_vector() -> Vec<String> {
+        let doc = include_str!("../../docs/protocol.md");
+        let section = doc
+            .split("## 8. Worked example")
+            .nth(1)
+            .and_then(|rest| rest.split("\n## ").next())
+            .expect("docs/protocol.md has section 8");
+        let block = section
+            .split("```text\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("section 8 has a text block");
+        let mut values = Vec::new();
+        let mut current: Option<String> = None;
+        for line in block.lines() {
+            if line.starts_with("  ") {
+                let hex: String = line
+                    .split_whitespace()
+                    .take_while(|word| word.bytes().all(|b| b.is_ascii_hexdigit()))
+                    .collect();
+                current.get_or_insert_with(String::new).push_str(&hex);
+            } else if let Some(value) = current.take() {
+                values.push(value);
+            }
+        }
+        values.extend(current);
+        values
+    }
+
     /// The worked example in docs/protocol.md: fixed randomness, key id "ops", master key
-    /// 0x05 x 32, agent name "agent1".
+    /// 0x05 x 32, agent name "agent1". Every value is read from the document itself, so the
+    /// document cannot drift from the code.
     #[test]
     fn known_answer_vector_matches_docs() {
         let server = ServerHandshake::from_randomness([1; 32], [2; 32]);
@@ -859,34 +893,55 @@ mod tests {
             .seal(crate::message::kind::EXEC, &body, &mut exec)
             .unwrap();
 
-        // The agent key `ctl enroll agent1` derives from that master.
+        // The intermediate values, recomputed from the same inputs.
+        let agent_eph = StaticSecret::from([2u8; 32]);
+        let client_eph = StaticSecret::from([4u8; 32]);
+        let dh = client_eph.diffie_hellman(&PublicKey::from(&agent_eph));
+        let (h1, hasher) = Transcript {
+            server_nonce: &[1; 32],
+            server_eph: PublicKey::from(&agent_eph).as_bytes(),
+            client_nonce: &[3; 32],
+            client_eph: PublicKey::from(&client_eph).as_bytes(),
+            key_id: "ops",
+            agent_name: &agent1(),
+        }
+        .h1();
+        let client_proof = &client_hello[client_hello.len() - PROOF_LEN..];
+        let h2 = h2(hasher, client_proof);
+        let mut ikm = known.as_bytes().to_vec();
+        ikm.extend_from_slice(dh.as_bytes());
+        let (prk, _) = Hkdf::<Sha256>::extract(Some(SALT), &ikm);
+        let (c2s, s2c) = KeySchedule::new(&known, dh.as_bytes()).traffic_keys(&h2);
+
+        let computed = [
+            ("K", hex(known.as_bytes())),
+            ("ServerHello", hex(&server_hello)),
+            ("dh", hex(dh.as_bytes())),
+            ("h1", hex(&h1)),
+            ("PRK", hex(&prk)),
+            ("ClientHello", hex(&client_hello)),
+            ("h2", hex(&h2)),
+            ("ServerProof", hex(&established.reply)),
+            ("c2s", hex(&c2s.key) + &hex(&c2s.iv)),
+            ("s2c", hex(&s2c.key) + &hex(&s2c.iv)),
+            ("Exec body", hex(&body)),
+            ("sealed Exec", hex(&exec)),
+        ];
+        let documented = documented_vector();
+        assert_eq!(documented.len(), computed.len(), "{documented:?}");
+        for ((what, value), doc) in computed.iter().zip(&documented) {
+            assert_eq!(value, doc, "{what} differs from docs/protocol.md section 8");
+        }
+        // `ctl enroll agent1` prints K under the key id and name.
         assert_eq!(
-            hex(known.as_bytes()),
-            "13d5b02b85a6329798c70dbccb39b6efb06633359283170a95183c82d4814065"
-        );
-        assert_eq!(
-            hex(&server_hello),
-            "000000460152584543020101010101010101010101010101010101010101010101010101010101010101\
-             ce8d3ad1ccb633ec7b70c17814a5c76ecd029685050d344745ba05870e587d59"
-        );
-        assert_eq!(
-            hex(&client_hello),
-            "000000710252584543020303030303030303030303030303030303030303030303030303030303030303\
-             ac01b2209e86354fb853237b5de0f4fab13c7fcbf433a61c019369617fecf10b036f7073\
-             066167656e7431\
-             b694c717fa26eb9255798aa3a3221d0b339101d73c5822c7f62fe44bfc195e8f"
-        );
-        assert_eq!(
-            hex(&established.reply),
-            "00000021034704e25ee91009416a6c936200b6e2062034a0f264bef47aca44a3faf410711b"
-        );
-        assert_eq!(
-            hex(&body),
-            "00000000000000000000000004747275650000000000000000"
-        );
-        assert_eq!(
-            hex(&exec),
-            "0000002a10b33c8817af39040bd4d485ba3b35f4011e4810862e6eb7058947d506bb22fa02e8af9a9d74d7000564"
+            *enroll_line(
+                &crate::keyfile::KeyEntry {
+                    id: "ops".into(),
+                    secret: secret(5),
+                },
+                &agent1()
+            ),
+            format!("ops {} agent1", documented[0])
         );
     }
 
