@@ -184,8 +184,14 @@ log "machine: $(nproc) cores, load $LOAD_START"
 # --- our agent -----------------------------------------------------------------------------
 "$BIN/ctl" keygen --id bench -o "$TMP/key" 2>/dev/null
 export CTL_KEY_FILE=$TMP/key
+# The agent is reached as 127.0.0.1 and, for the fan-out, as 127.1.x.y: one enrolled line each.
+{
+    echo 127.0.0.1
+    for ((i = 0; i < ${FANOUT[-1]}; i++)); do echo "127.1.$((i / 250)).$((i % 250 + 1))"; done
+} >"$TMP/agent-names"
+(umask 077; "$BIN/ctl" enroll --hosts-file "$TMP/agent-names" >"$TMP/agent-keys")
 APORT=$(free_port)
-"$BIN/agent" --key-file "$TMP/key" --listen "0.0.0.0:$APORT" 2>"$TMP/agent.log" &
+"$BIN/agent" --key-file "$TMP/agent-keys" --listen "0.0.0.0:$APORT" 2>"$TMP/agent.log" &
 PIDS+=($!)
 wait_for_line "$TMP/agent.log" listening
 log "agent listening on 0.0.0.0:$APORT"
@@ -367,7 +373,7 @@ echo "ctl_fanout_targets $N_MAX" >>"$mem"
 # A fresh agent for memory: idle, then holding authenticated connections that send nothing.
 log "memory: agent idle and with $HOLD idle authenticated connections"
 MPORT=$(free_port)
-"$BIN/agent" --key-file "$TMP/key" --listen "127.0.0.1:$MPORT" --handshake-timeout 300 \
+"$BIN/agent" --key-file "$TMP/agent-keys" --listen "127.0.0.1:$MPORT" --handshake-timeout 300 \
     --max-connections $((HOLD + 64)) 2>"$TMP/agent-mem.log" &
 MPID=$!
 PIDS+=("$MPID")
@@ -388,7 +394,7 @@ stop "$HPID"
 # Streaming to a slow reader: the agent must hold a bounded amount, not buffer the output.
 log "memory: agent while streaming $BYTES bytes to a reader limited to $SLOW_RATE/s"
 stop "$MPID"
-"$BIN/agent" --key-file "$TMP/key" --listen "127.0.0.1:$MPORT" 2>"$TMP/agent-slow.log" &
+"$BIN/agent" --key-file "$TMP/agent-keys" --listen "127.0.0.1:$MPORT" 2>"$TMP/agent-slow.log" &
 MPID=$!
 PIDS+=("$MPID")
 wait_for_line "$TMP/agent-slow.log" listening

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Quick start on loopback: build, make a fresh key, start an agent on 127.0.0.1:50007,
+# Quick start on loopback: build, make a fresh client key, enroll the agent "127.0.0.1" with it,
+# start that agent on 127.0.0.1:50007,
 # run `ctl exec 127.0.0.1:50007 'ls -l'`, stop the agent. Usage: scripts/demo.sh [PORT]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,8 +15,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$bin/ctl" keygen --id demo -o "$work/key"
-"$bin/agent" --key-file "$work/key" --listen "127.0.0.1:$port" 2>"$work/agent.log" &
+"$bin/ctl" keygen --id demo -o "$work/key"                       # the client's master key
+"$bin/ctl" enroll --key-file "$work/key" -o "$work/agent-keys" 127.0.0.1   # the agent's line
+"$bin/agent" --key-file "$work/agent-keys" --listen "127.0.0.1:$port" 2>"$work/agent.log" &
 agent_pid=$!
 for _ in $(seq 200); do
   grep -q listening "$work/agent.log" && break

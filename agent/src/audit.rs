@@ -2,6 +2,8 @@
 
 use std::net::SocketAddr;
 
+use rexec_shared::handshake::Principal;
+
 use rexec_shared::message::ScriptInfo;
 
 use crate::logging::AUDIT;
@@ -19,7 +21,7 @@ pub fn started(peer: SocketAddr, key_id: &str, command: &[u8]) {
 /// --script`: its name and SHA-256), status, duration, bytes sent.
 pub fn command(
     peer: SocketAddr,
-    key_id: &str,
+    principal: &Principal,
     command: &[u8],
     script: Option<&ScriptInfo>,
     outcome: &Outcome,
@@ -39,7 +41,8 @@ pub fn command(
     tracing::info!(
         target: AUDIT,
         %peer,
-        key_id,
+        key_id = principal.key_id,
+        agent_name = principal.agent_name.as_str(),
         command = &*command,
         script = script_name.as_deref(),
         script_sha256 = script_sha256.as_deref(),
@@ -79,11 +82,12 @@ fn describe(outcome: &Outcome) -> String {
 
 /// Logs a request that the key's policy refused (nothing was run): peer, key id, what was
 /// asked, the rule and why.
-pub fn refused(peer: SocketAddr, key_id: &str, asked: &str, refusal: &Refusal) {
+pub fn refused(peer: SocketAddr, principal: &Principal, asked: &str, refusal: &Refusal) {
     tracing::warn!(
         target: AUDIT,
         %peer,
-        key_id,
+        key_id = principal.key_id,
+        agent_name = principal.agent_name.as_str(),
         command = asked,
         status = "refused by policy",
         rule = refusal.rule,
@@ -95,7 +99,7 @@ pub fn refused(peer: SocketAddr, key_id: &str, asked: &str, refusal: &Refusal) {
 /// Logs the end of one file transfer: peer, key id, direction, paths, counts, duration.
 pub fn transfer(
     peer: SocketAddr,
-    key_id: &str,
+    principal: &Principal,
     direction: &str,
     paths: &[Vec<u8>],
     outcome: &TransferOutcome,
@@ -113,7 +117,8 @@ pub fn transfer(
     tracing::info!(
         target: AUDIT,
         %peer,
-        key_id,
+        key_id = principal.key_id,
+        agent_name = principal.agent_name.as_str(),
         request = direction,
         paths = &*paths,
         status,

@@ -44,8 +44,9 @@ pub const DEFAULT_MAX_UNAUTHENTICATED: usize = 64;
     after_help = AFTER_HELP
 )]
 pub struct Cli {
-    /// Key file: lines of `<key-id> <64 hex digits> [options]` (user=, from=, command=, no-stdin,
-    /// no-pty, max-timeout=); must not be readable by group or others.
+    /// Key file: lines `<key-id> <64 hex digits> <agent-name> [options]` as `ctl enroll` prints
+    /// them (options: user=, from=, command=, no-stdin, no-pty, max-timeout=); must not be
+    /// readable by group or others.
     #[arg(long, value_name = "PATH")]
     pub key_file: PathBuf,
 
@@ -99,7 +100,8 @@ pub struct Cli {
 /// Examples and exit statuses, kept out of the doc comment so clap does not rewrap them.
 const AFTER_HELP: &str = "\
 Examples:
-  ctl keygen --id ops -o /etc/rexec/keys
+  ctl keygen --id ops -o ~/.config/rexec/key             # on the client: its master key
+  ctl enroll -o /etc/rexec/keys web1                     # the line web1 needs, to install there
   agent --key-file /etc/rexec/keys                       # listens on 0.0.0.0:50007
   agent --key-file keys --listen 127.0.0.1:0             # a free port on loopback
   agent --key-file /etc/rexec/keys --log-format json --log-level warn

@@ -77,7 +77,8 @@ pub async fn serve(conn: Connection) {
         }
     };
     let key_id = principal.key_id.as_str();
-    tracing::debug!(%peer, key_id, "authenticated");
+    let agent_name = principal.agent_name.as_str();
+    tracing::debug!(%peer, key_id, agent_name, "authenticated");
 
     let request = tokio::select! {
         r = tokio::time::timeout_at(deadline.into(), reader.read_request()) => match r {
@@ -105,7 +106,7 @@ pub async fn serve(conn: Connection) {
     };
     // The policy from the same reading of the key file as the secret that was proved.
     let policy = ring
-        .entry(key_id)
+        .get(key_id, &principal.agent_name)
         .map(|entry| entry.policy.clone())
         .unwrap_or_default();
     let ctx = RequestContext {

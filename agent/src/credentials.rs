@@ -12,7 +12,7 @@ use std::io;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
-use rexec_shared::keyfile::KeyRing;
+use rexec_shared::keyfile::AgentKeys;
 
 /// Most supplementary groups taken for one user (Linux's NGROUPS_MAX is 65536).
 const MAX_GROUPS: usize = 65_536;
@@ -180,10 +180,13 @@ impl Switch {
 
 /// Checks every `user=` of a key file that is about to be put in force: the agent must run as
 /// root, and each user must exist. The error names the file and the line.
-pub fn check_key_users(ring: &KeyRing, path: &Path) -> Result<(), String> {
+pub fn check_key_users(keys: &AgentKeys, path: &Path) -> Result<(), String> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let euid = unsafe { libc::geteuid() };
-    for entry in ring.iter() {
+    // In file order, so the first bad line is the one named.
+    let mut entries: Vec<_> = keys.iter().collect();
+    entries.sort_by_key(|entry| entry.line);
+    for entry in entries {
         let Some(name) = &entry.policy.user else {
             continue;
         };

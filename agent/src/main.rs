@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use rexec_shared::keyfile::KeyRing;
+use rexec_shared::keyfile::AgentKeys;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -164,8 +164,8 @@ fn close_inherited_on_exec() -> std::io::Result<()> {
 }
 
 /// Reads the key file and checks that the agent can honour every key's options.
-fn load_keys(path: &std::path::Path) -> anyhow::Result<KeyRing> {
-    let ring = KeyRing::load(path)?;
+fn load_keys(path: &std::path::Path) -> anyhow::Result<AgentKeys> {
+    let ring = AgentKeys::load(path)?;
     credentials::check_key_users(&ring, path).map_err(anyhow::Error::msg)?;
     Ok(ring)
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use rexec_shared::keyfile::KeyRing;
+use rexec_shared::name::AgentName;
 use rexec_shared::transport::client_handshake;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
@@ -86,7 +87,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("connection {n}: cannot connect to {target}"))?;
             let (read, write) = stream.into_split();
-            client_handshake(read, write, &key.id, key.secret.clone())
+            // The agent is expected under its address, as ctl expects a target given as one.
+            let name = AgentName::parse(&target.ip().to_string()).map_err(anyhow::Error::msg)?;
+            client_handshake(read, write, &key.id, &key.secret, &name)
                 .await
                 .with_context(|| format!("connection {n}: handshake failed"))
         });

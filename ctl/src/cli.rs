@@ -41,9 +41,12 @@ pub enum Command {
     /// Copy files (directories with -r) from one target, or many, into a local directory.
     #[command(after_help = PULL_EXAMPLES)]
     Pull(PullArgs),
-    /// Write a new key file (mode 0600), or print one to stdout.
+    /// Write a new client key file (mode 0600), or print one to stdout.
     #[command(after_help = KEYGEN_EXAMPLES)]
     Keygen(KeygenArgs),
+    /// Print the key-file line an agent needs for each AGENT_NAME (from ctl's client key).
+    #[command(after_help = ENROLL_EXAMPLES)]
+    Enroll(EnrollArgs),
     /// Print a shell completion script for ctl to stdout.
     #[command(after_help = COMPLETIONS_EXAMPLES)]
     Completions(CompletionsArgs),
@@ -98,6 +101,18 @@ const KEYGEN_EXAMPLES: &str = "\
 Examples:
   ctl keygen --id ops -o ~/.config/rexec/key
   ctl keygen --id ci >> /etc/rexec/keys   (then chmod 600; send the agent SIGHUP)";
+
+const ENROLL_EXAMPLES: &str = "\
+Each line is `<key-id> <secret> <agent-name>`: the key this client uses with that agent under
+that name, derived from the client key, which never appears in the output. An agent holds
+only its own lines, so a copy of its key file opens nothing else. An agent reached under
+several names (a DNS name and an IP) needs one line per name.
+
+Examples:
+  ctl enroll web1 > web1.keys                   # install as web1's --key-file (mode 0600)
+  ctl enroll -o /tmp/db1.keys db1.example.com
+  ctl enroll web1 10.0.0.5                      # web1 and its address, one line each
+  ctl enroll --hosts-file fleet.txt             # every target's name (second field if given)";
 
 const COMPLETIONS_EXAMPLES: &str = "\
 Examples:
@@ -174,6 +189,38 @@ pub struct TargetArgs {
     /// Show connect, handshake and timing steps on stderr (also RUST_LOG=ctl=debug).
     #[arg(short = 'v', long)]
     pub verbose: bool,
+
+    /// The agent name to expect at the one target [default: its host as written].
+    #[arg(long, value_name = "NAME")]
+    pub agent_name: Option<String>,
+}
+
+/// `ctl enroll`.
+#[derive(Debug, Args)]
+pub struct EnrollArgs {
+    #[command(flatten)]
+    pub key: KeyArgs,
+
+    /// Write a new file (mode 0600) instead of printing; one AGENT_NAME only.
+    #[arg(short = 'o', long, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+
+    /// Enroll these targets' expected names, comma-separated (repeatable).
+    #[arg(
+        short = 'H',
+        long = "hosts",
+        value_name = "TARGET,...",
+        value_delimiter = ','
+    )]
+    pub hosts: Vec<String>,
+
+    /// Enroll every target of this hosts file (its second field, else its host).
+    #[arg(long, value_name = "FILE")]
+    pub hosts_file: Option<PathBuf>,
+
+    /// Agent names: a host name or address as ctl's targets name it.
+    #[arg(value_name = "AGENT_NAME")]
+    pub names: Vec<String>,
 }
 
 impl TargetArgs {

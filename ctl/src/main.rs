@@ -9,6 +9,7 @@ mod cli;
 mod config;
 mod deploy;
 mod engine;
+mod enroll;
 mod exit;
 mod interactive;
 mod job;
@@ -36,8 +37,8 @@ use clap::Parser;
 use rexec_shared::message::{ExecRequest, PtyRequest, WindowSize};
 
 use crate::cli::{
-    Cli, Command, CompletionsArgs, CopyArgs, DeployArgs, ExecArgs, KeygenArgs, PingArgs, PullArgs,
-    PushArgs, TargetArgs,
+    Cli, Command, CompletionsArgs, CopyArgs, DeployArgs, EnrollArgs, ExecArgs, KeygenArgs,
+    PingArgs, PullArgs, PushArgs, TargetArgs,
 };
 use crate::engine::{Limits, Stop};
 use crate::render::fleet::{Fleet, Options as FleetOptions, Style};
@@ -64,6 +65,7 @@ fn main() -> ExitCode {
         Command::Push(args) => runtime.block_on(push(args)),
         Command::Pull(args) => runtime.block_on(pull(args)),
         Command::Keygen(args) => keygen(args),
+        Command::Enroll(args) => enroll(args),
         Command::Completions(args) => completions(args),
         Command::Deploy(args) => runtime.block_on(deploy(args)),
     };
@@ -82,14 +84,37 @@ fn usage_error(message: impl std::fmt::Display) -> u8 {
 
 /// The targets chosen by `extra` (positional), -H, --hosts-file and -x.
 fn choose(args: &TargetArgs, extra: &[String], settings: &Settings) -> Result<Vec<Target>, String> {
-    select::select(&select::Sources {
+    let targets = select::select(&select::Sources {
         positional: extra,
         hosts: &args.hosts,
         hosts_file: args.hosts_file.as_deref(),
         exclude: &args.exclude,
         port: settings.port,
         config: &settings.config,
-    })
+    })?;
+    with_agent_name(args, targets)
+}
+
+/// Applies `--agent-name` (one target only) and checks that every target has an agent name
+/// ctl can expect.
+fn with_agent_name(args: &TargetArgs, mut targets: Vec<Target>) -> Result<Vec<Target>, String> {
+    if let Some(name) = &args.agent_name {
+        if targets.len() != 1 || args.many() {
+            return Err(
+                "--agent-name names one agent: use it with one target (for many, give each \
+                 target's name as the second field of its hosts-file line)"
+                    .into(),
+            );
+        }
+        let name = rexec_shared::name::AgentName::parse(name)?;
+        for target in &mut targets {
+            target.name = Some(name.to_string());
+        }
+    }
+    for target in &targets {
+        target.expected_name()?;
+    }
+    Ok(targets)
 }
 
 async fn exec(args: ExecArgs) -> u8 {
@@ -663,6 +688,69 @@ fn keygen(args: KeygenArgs) -> u8 {
         None => {
             print!("{}", rexec_shared::keyfile::generate(&args.id));
             0
+        }
+    }
+}
+
+fn enroll(args: EnrollArgs) -> u8 {
+    let key = match keys::load(args.key.key_file.as_deref(), args.key.key_id.as_deref()) {
+        Ok(key) => key,
+        Err(e) => return usage_error(format!("{e:#}")),
+    };
+    let mut names = Vec::new();
+    for text in &args.names {
+        match rexec_shared::name::AgentName::parse(text) {
+            Ok(name) => names.push(name),
+            Err(e) => return usage_error(e),
+        }
+    }
+    let mut listed: Vec<Target> = Vec::new();
+    for spelling in args.hosts.iter().filter(|h| !h.trim().is_empty()) {
+        match Target::parse(spelling, rexec_shared::DEFAULT_PORT) {
+            Ok(t) => listed.push(t),
+            Err(e) => return usage_error(e),
+        }
+    }
+    if let Some(path) = &args.hosts_file {
+        match target::read_hosts_file(path, rexec_shared::DEFAULT_PORT) {
+            Ok(t) => listed.extend(t),
+            Err(e) => return usage_error(e),
+        }
+    }
+    for target in &listed {
+        match target.expected_name() {
+            Ok(name) => names.push(name),
+            Err(e) => return usage_error(format!("{target}: {e}")),
+        }
+    }
+    if names.is_empty() {
+        return usage_error("missing AGENT_NAME: give agent names, or -H/--hosts-file");
+    }
+    let lines = enroll::lines(&key, &names);
+    match &args.output {
+        Some(path) if names.len() > 1 => usage_error(format!(
+            "-o {} takes one agent name ({} given): each agent gets its own file",
+            path.display(),
+            names.len()
+        )),
+        Some(path) => match enroll::write_new(path, &lines) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("ctl: {e:#}");
+                exit::FAILURE
+            }
+        },
+        None => {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            match out.write_all(lines.as_bytes()).and_then(|()| out.flush()) {
+                Ok(()) => 0,
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+                Err(e) => {
+                    eprintln!("ctl: cannot write to stdout: {e}");
+                    exit::FAILURE
+                }
+            }
         }
     }
 }

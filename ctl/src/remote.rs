@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use rexec_shared::keyfile::KeyEntry;
 use rexec_shared::message::{ExecRequest, ExitStatus, Request, ServerMsg, StreamMsg};
+use rexec_shared::name::AgentName;
 use rexec_shared::transport::{client_handshake, SealedReader, SealedWriter};
 use rexec_shared::ProtocolError;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -42,6 +43,8 @@ pub async fn connect(
     key: &KeyEntry,
     timeout: Duration,
 ) -> Result<Connection, Failure> {
+    // Checked when the targets were read; the name is bound into the handshake, never guessed.
+    let name = target.expected_name().map_err(Failure::Auth)?;
     let started = Instant::now();
     let deadline = started + timeout;
     tracing::debug!(%target, "connecting");
@@ -60,7 +63,7 @@ pub async fn connect(
         }
     }
     let (read, write) = stream.into_split();
-    let handshake = client_handshake(read, write, &key.id, key.secret.clone());
+    let handshake = client_handshake(read, write, &key.id, &key.secret, &name);
     match tokio::time::timeout_at(deadline.into(), handshake).await {
         Err(_) => Err(Failure::Auth(format!(
             "timed out authenticating after {}",
@@ -68,7 +71,7 @@ pub async fn connect(
         ))),
         Ok(Err(e)) => {
             tracing::debug!(%target, error = %e, elapsed = ?started.elapsed(), "handshake failed");
-            Err(handshake_failure(e, &key.id))
+            Err(handshake_failure(e, &key.id, &name))
         }
         Ok(Ok((reader, writer))) => {
             tracing::debug!(%target, key_id = %key.id, elapsed = ?started.elapsed(), "authenticated");
@@ -122,22 +125,36 @@ async fn tcp_connect(target: &Target) -> Result<TcpStream, Failure> {
     }))
 }
 
-fn handshake_failure(e: ProtocolError, key_id: &str) -> Failure {
+fn handshake_failure(e: ProtocolError, key_id: &str, name: &AgentName) -> Failure {
     match e {
         ProtocolError::AuthFailed => Failure::Auth(format!(
-            "authentication failed: the agent does not accept key id {key_id:?} with this secret"
+            "authentication failed: the agent there holds no key for agent name {name:?} under \
+             key id {key_id:?}; nothing was sent. Either another agent answered, or this one \
+             is not enrolled for that name: run `ctl enroll {name}` and add the line to its key \
+             file (then send it SIGHUP)",
+            name = name.as_str()
         )),
-        ProtocolError::BadServerProof => Failure::Auth(
-            "authentication failed: the agent could not prove it holds the key (wrong key file, or not the intended agent)"
-                .into(),
-        ),
-        ProtocolError::Refused(text) => Failure::Auth(format!("agent refused the connection: {text}")),
+        ProtocolError::BadServerProof => Failure::Auth(format!(
+            "authentication failed: the agent could not prove it holds the key for agent name \
+             {:?}; it is not the intended agent; nothing was sent",
+            name.as_str()
+        )),
+        ProtocolError::VersionMismatch(v) => Failure::Auth(format!(
+            "handshake refused: the agent speaks protocol version {v}; this ctl speaks version \
+             {}: upgrade the agent (or use a ctl of its version); nothing was sent",
+            rexec_shared::handshake::VERSION
+        )),
+        ProtocolError::Refused(text) => {
+            Failure::Auth(format!("agent refused the connection: {text}"))
+        }
         ProtocolError::Truncated => Failure::Auth(
             "connection closed during the handshake (the agent may be at its limit of \
              unauthenticated connections, or this port is not an agent)"
                 .into(),
         ),
-        ProtocolError::Io(e) => Failure::Auth(format!("connection failed during the handshake: {e}")),
+        ProtocolError::Io(e) => {
+            Failure::Auth(format!("connection failed during the handshake: {e}"))
+        }
         other => Failure::Auth(format!("handshake failed: {other}")),
     }
 }

@@ -3,6 +3,8 @@
 use std::fmt;
 use std::net::IpAddr;
 
+use rexec_shared::name::AgentName;
+
 /// One agent to talk to, with the spelling the user gave kept for output.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Target {
@@ -93,10 +95,46 @@ impl Target {
         (host, self.port)
     }
 
+    /// The agent name ctl expects this target to hold a key for: the one given, else the host
+    /// as written, in canonical form.
+    pub fn expected_name(&self) -> Result<AgentName, String> {
+        AgentName::parse(self.name.as_deref().unwrap_or(&self.host)).map_err(|e| match &self.name {
+            Some(_) => e,
+            None => format!(
+                "{e}; give the agent's name with --agent-name, or as the second field of its hosts-file line"
+            ),
+        })
+    }
+
     /// `host:port` in the form the resolver takes.
     pub fn socket_spec(&self) -> (String, u16) {
         (self.host.clone(), self.port)
     }
+}
+
+/// The targets of a hosts file: one per line, `TARGET [AGENT_NAME]`; blank lines and `#`
+/// comments skipped. Errors name the file and the line.
+pub fn read_hosts_file(path: &std::path::Path, default_port: u16) -> Result<Vec<Target>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read hosts file {}: {e}", path.display()))?;
+    let mut targets = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let at = |e: String| format!("hosts file {}, line {}: {e}", path.display(), n + 1);
+        let mut fields = line.split_whitespace();
+        let (Some(spelling), name, None) = (fields.next(), fields.next(), fields.next()) else {
+            return Err(at("expected 'TARGET' or 'TARGET AGENT_NAME'".into()));
+        };
+        let mut target = Target::parse(spelling, default_port).map_err(at)?;
+        if let Some(name) = name {
+            target.name = Some(AgentName::parse(name).map_err(at)?.to_string());
+        }
+        targets.push(target);
+    }
+    Ok(targets)
 }
 
 impl fmt::Display for Target {

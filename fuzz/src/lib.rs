@@ -12,7 +12,8 @@ use std::task::{Context, Poll, Waker};
 
 use rexec_shared::frame::{self, MAX_HANDSHAKE_FRAME_LEN};
 use rexec_shared::handshake::{refusal, ClientHandshake, ServerHandshake};
-use rexec_shared::keyfile::{KeyRing, Secret};
+use rexec_shared::keyfile::{derive_agent_key, AgentKeys, Secret};
+use rexec_shared::name::AgentName;
 use rexec_shared::message::{Request, ServerMsg, StreamMsg};
 use rexec_shared::session::{DirectionKeys, Opener, Sealer};
 use rexec_shared::transport::{
@@ -20,9 +21,19 @@ use rexec_shared::transport::{
 };
 use rexec_shared::ProtocolError;
 
-/// The key id and secret the harnesses' agent knows.
+/// The key id of the harnesses' client, and the name of their agent.
 pub const KEY_ID: &str = "fuzz";
+/// The agent name the harnesses' agent is enrolled for.
+pub const AGENT_NAME: &str = "fuzz-agent";
+/// The client's master key.
 const SECRET: [u8; 32] = [0x42; 32];
+
+fn agent_name() -> AgentName {
+    match AgentName::parse(AGENT_NAME) {
+        Ok(name) => name,
+        Err(e) => panic!("the harness's agent name is valid: {e}"),
+    }
+}
 
 /// Runs a future that never waits on anything but an in-memory reader, to completion.
 ///
@@ -48,12 +59,13 @@ pub enum Reached {
     Session(usize),
 }
 
-/// The key ring of the harnesses' agent: [`KEY_ID`] with the fixed secret.
-fn agent_keys() -> &'static KeyRing {
-    static KEYS: OnceLock<KeyRing> = OnceLock::new();
+/// The key file of the harnesses' agent: [`KEY_ID`] enrolled for [`AGENT_NAME`].
+fn agent_keys() -> &'static AgentKeys {
+    static KEYS: OnceLock<AgentKeys> = OnceLock::new();
     KEYS.get_or_init(|| {
-        let line = format!("{KEY_ID} {}\n", Secret::from_bytes(SECRET).to_hex());
-        match KeyRing::parse(&line, Path::new("fuzz-keys")) {
+        let key = derive_agent_key(&Secret::from_bytes(SECRET), KEY_ID, &agent_name());
+        let line = format!("{KEY_ID} {} {AGENT_NAME}\n", key.to_hex());
+        match AgentKeys::parse(&line, Path::new("fuzz-keys")) {
             Ok(ring) => ring,
             Err(e) => panic!("the harness's key line is valid: {e}"),
         }
@@ -81,10 +93,10 @@ pub fn agent_pre_auth(input: &[u8]) -> Reached {
                 }
                 Reached::Session(decoded)
             }
-            Err(ServerHandshakeError::Refused { error, key_id }) => {
+            Err(ServerHandshakeError::Refused { error, asked }) => {
                 // The hello and the refusal are all the agent sent: short, whatever came in.
                 assert!(sent.len() < 4096, "refusal of {} bytes", sent.len());
-                let _ = (error, key_id);
+                let _ = (error, asked);
                 Reached::Refused
             }
             Err(ServerHandshakeError::Input(_) | ServerHandshakeError::Closed) => Reached::NoFrame,
@@ -95,8 +107,13 @@ pub fn agent_pre_auth(input: &[u8]) -> Reached {
 
 /// ctl's side of the handshake on `input`: the agent's hello, then its proof or a refusal.
 pub fn client_pre_auth(input: &[u8]) -> Reached {
-    let client =
-        ClientHandshake::from_randomness(KEY_ID, Secret::from_bytes(SECRET), [3; 32], [4; 32]);
+    let client = ClientHandshake::from_randomness(
+        KEY_ID,
+        &Secret::from_bytes(SECRET),
+        &agent_name(),
+        [3; 32],
+        [4; 32],
+    );
     run_now(async {
         let mut frames = FrameReader::new(input);
         let Ok(Some(hello)) = frames.next(MAX_HANDSHAKE_FRAME_LEN).await else {
@@ -236,6 +253,7 @@ pub fn session(data: &[u8]) -> usize {
 /// as (target, file name, bytes); `examples/seeds.rs` writes them to `seeds/<target>/`.
 pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     let secret = Secret::from_bytes(SECRET);
+    let agent_key = derive_agent_key(&secret, KEY_ID, &agent_name());
     let mut out = Vec::new();
 
     // The agent side: the ClientHello a real client sends to the harness's agent, followed by a
@@ -245,7 +263,8 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         ("agent-valid-hello", KEY_ID),
         ("agent-unknown-id", "someone-else"),
     ] {
-        let client = ClientHandshake::from_randomness(id, secret.clone(), [9; 32], [10; 32]);
+        let client =
+            ClientHandshake::from_randomness(id, &secret, &agent_name(), [9; 32], [10; 32]);
         let (hello_frame, _) = frame::parse(server.hello(), MAX_HANDSHAKE_FRAME_LEN)
             .ok()
             .flatten()
@@ -262,7 +281,7 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
                 .flatten()
                 .expect("parses");
             let established = agent
-                .receive_client_hello(f, |_| Some(&secret))
+                .receive_client_hello(f, |_, _| Some(&agent_key))
                 .expect("agent accepts");
             let (p, _) = frame::parse(&established.reply, MAX_HANDSHAKE_FRAME_LEN)
                 .ok()
@@ -301,7 +320,8 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
 
     // ctl's side: the agent's hello and its proof for the harness's client, then a sealed Exit.
     let agent = ServerHandshake::from_randomness([11; 32], [12; 32]);
-    let client = ClientHandshake::from_randomness(KEY_ID, secret.clone(), [3; 32], [4; 32]);
+    let client =
+        ClientHandshake::from_randomness(KEY_ID, &secret, &agent_name(), [3; 32], [4; 32]);
     let (hello_frame, _) = frame::parse(agent.hello(), MAX_HANDSHAKE_FRAME_LEN)
         .ok()
         .flatten()
@@ -316,7 +336,7 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         .flatten()
         .expect("parses");
     let established = agent
-        .receive_client_hello(f, |_| Some(&secret))
+        .receive_client_hello(f, |_, _| Some(&agent_key))
         .expect("agent accepts");
     input.extend_from_slice(&established.reply);
     let mut sealer = established.session.sealer;

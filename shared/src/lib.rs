@@ -3,7 +3,8 @@
 //! Layers, bottom up: [`frame`] (length-prefixed framing), [`handshake`] (mutual HMAC proof
 //! and X25519 key agreement), [`session`] (per-direction AEAD), [`message`] (what the frames
 //! carry: one [`message::Request`], then stream messages), and [`transport`], the only module
-//! that does I/O. [`codec`] reads and writes message bodies; [`keyfile`] reads key files;
+//! that does I/O. [`codec`] reads and writes message bodies; [`keyfile`] reads key files (client master keys, agents' derived keys); [`name`] is the
+//! canonical agent name;
 //! [`files`] carries `ctl push`/`ctl pull` trees.
 //! docs/protocol.md describes every byte.
 
@@ -15,6 +16,7 @@ pub mod frame;
 pub mod handshake;
 pub mod keyfile;
 pub mod message;
+pub mod name;
 pub mod policy;
 pub mod session;
 pub mod transport;

@@ -371,6 +371,13 @@ impl ExitStatus {
                 "exit status (needs a code or a signal)",
             ));
         }
+        // Exit codes are 0-255 on Unix. Anything else from a peer is refused rather than cut to
+        // its low byte, which would turn a 256 into a success.
+        if flags & 1 != 0 && !(0..=255).contains(&code) {
+            return Err(ProtocolError::Malformed(
+                "exit status (code out of range 0-255)",
+            ));
+        }
         if flags & 2 != 0 && !(1..=64).contains(&signal) {
             return Err(ProtocolError::Malformed(
                 "exit status (signal out of range)",
@@ -717,6 +724,10 @@ mod tests {
         assert!(ServerMsg::decode(kind::EXIT, &[3, 0, 0, 0, 0, 0, 0, 0, 9]).is_err());
         assert!(ServerMsg::decode(kind::EXIT, &[2, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0x80]).is_err());
         assert!(ServerMsg::decode(kind::EXIT, &[2, 0, 0, 0, 0, 0, 0, 0, 65]).is_err());
+        // Codes outside 0-255: 256 (which a low byte would read as 0) and -1.
+        assert!(ServerMsg::decode(kind::EXIT, &[1, 0, 0, 1, 0, 0, 0, 0, 0]).is_err());
+        assert!(ServerMsg::decode(kind::EXIT, &[1, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]).is_err());
+        assert!(ServerMsg::decode(kind::EXIT, &[1, 0, 0, 0, 0xff, 0, 0, 0, 0]).is_ok());
         let mut exit = Vec::new();
         ExitStatus {
             code: Some(1),

@@ -10,8 +10,9 @@ use crate::handshake::{
     refusal, ClientHandshake, Principal, ServerEstablished, ServerHandshake, Session, AUTH_FAILED,
     VERSION,
 };
-use crate::keyfile::{KeyRing, Secret};
+use crate::keyfile::{AgentKeys, Secret};
 use crate::message::{Request, ServerMsg, StreamMsg};
+use crate::name::AgentName;
 use crate::session::{Opener, Sealer};
 
 /// Smallest and largest read into the frame buffer. Reads are sized by what the current frame
@@ -263,24 +264,45 @@ pub enum ServerHandshakeError {
     /// The client's hello did not arrive as a frame (too long, cut, socket error).
     #[error("bad handshake input: {0}")]
     Input(ProtocolError),
-    /// The client's hello was refused (wrong proof, unknown key id, version, ...); the refusal
-    /// was sent. `key_id` is what the client asked for, and whether this agent knows it: for
-    /// the log only, never for the client.
-    #[error("{error}{}", describe_key_id(.key_id))]
+    /// The client's hello was refused (wrong proof, unknown key id or agent name, version,
+    /// ...); the refusal was sent. `asked` is what the client asked for and what this agent
+    /// knows of it: for the log only, never for the client.
+    #[error("{error}{}", describe_asked(.asked))]
     Refused {
         /// Why.
         error: ProtocolError,
-        /// The key id the client named, and whether the key file holds it.
-        key_id: Option<(String, bool)>,
+        /// The key id and agent name the client named, if its hello got that far.
+        asked: Option<Asked>,
     },
 }
 
-fn describe_key_id(key_id: &Option<(String, bool)>) -> String {
-    match key_id {
-        Some((id, true)) => format!(" for key id {id:?}"),
-        Some((id, false)) => format!(" for key id {id:?} (unknown key id)"),
-        None => String::new(),
-    }
+/// What a refused client asked for, for the agent's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Asked {
+    /// The key id it named.
+    pub key_id: String,
+    /// The agent name it expected.
+    pub agent_name: AgentName,
+    /// Whether the key file holds that key id (under any name).
+    pub known_id: bool,
+    /// Whether it holds that key id for that name.
+    pub known_pair: bool,
+}
+
+fn describe_asked(asked: &Option<Asked>) -> String {
+    let Some(a) = asked else {
+        return String::new();
+    };
+    let what = match (a.known_pair, a.known_id) {
+        (true, _) => "",
+        (false, true) => " (key id known, but not enrolled for this agent name)",
+        (false, false) => " (unknown key id)",
+    };
+    format!(
+        " for key id {:?} and agent name {:?}{what}",
+        a.key_id,
+        a.agent_name.as_str()
+    )
 }
 
 /// What the agent tells a client whose hello it refuses. A wrong proof and an unknown key id
@@ -304,7 +326,7 @@ pub async fn server_handshake<R, W>(
     handshake: ServerHandshake,
     read: R,
     mut write: W,
-    keys: &KeyRing,
+    keys: &AgentKeys,
 ) -> Result<ServerConnection<R, W>, ServerHandshakeError>
 where
     R: AsyncRead + Unpin,
@@ -324,10 +346,9 @@ where
         Err(e) => return Err(ServerHandshakeError::Input(e)),
     };
     let mut asked = None;
-    let result = handshake.receive_client_hello(hello.as_frame(), |id| {
-        let secret = keys.get(id);
-        asked = Some((id.to_owned(), secret.is_some()));
-        secret
+    let result = handshake.receive_client_hello(hello.as_frame(), |id, name| {
+        asked = Some((id.to_owned(), name.clone()));
+        keys.get(id, name).map(|key| &key.secret)
     });
     match result {
         Ok(ServerEstablished {
@@ -353,21 +374,28 @@ where
         Err(error) => {
             // The client learns nothing more than the refusal; a failed send changes nothing.
             let _ = write.write_all(&refusal(&refusal_text(&error))).await;
-            Err(ServerHandshakeError::Refused {
-                error,
-                key_id: asked,
-            })
+            // Looked up only now, after the refusal went out, so it costs the client nothing
+            // it could time.
+            let asked = asked.map(|(key_id, agent_name)| Asked {
+                known_id: keys.has_id(&key_id),
+                known_pair: keys.get(&key_id, &agent_name).is_some(),
+                key_id,
+                agent_name,
+            });
+            Err(ServerHandshakeError::Refused { error, asked })
         }
     }
 }
 
-/// Runs the client side of the handshake; returns the sealed halves once the agent has proved
-/// it holds the key.
+/// Runs the client side of the handshake with the master key `master` under `key_id`, for the
+/// agent named `agent_name`; returns the sealed halves once the agent has proved it holds the
+/// key enrolled for that name.
 pub async fn client_handshake<R, W>(
     read: R,
     mut write: W,
     key_id: &str,
-    secret: Secret,
+    master: &Secret,
+    agent_name: &AgentName,
 ) -> Result<(SealedReader<R>, SealedWriter<W>), ProtocolError>
 where
     R: AsyncRead + Unpin,
@@ -379,7 +407,7 @@ where
         .await?
         .ok_or(ProtocolError::Truncated)?;
     let (reply, await_proof) =
-        ClientHandshake::new(key_id, secret).receive_server_hello(hello.as_frame())?;
+        ClientHandshake::new(key_id, master, agent_name).receive_server_hello(hello.as_frame())?;
     write.write_all(&reply).await?;
     let proof = frames
         .next(MAX_HANDSHAKE_FRAME_LEN)

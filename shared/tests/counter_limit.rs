@@ -8,8 +8,9 @@
 use std::path::Path;
 
 use rexec_shared::handshake::ServerHandshake;
-use rexec_shared::keyfile::{KeyRing, Secret};
+use rexec_shared::keyfile::{derive_agent_key, AgentKeys, Secret};
 use rexec_shared::message::{Request, ServerMsg, StreamMsg};
+use rexec_shared::name::AgentName;
 use rexec_shared::transport::{
     client_handshake, server_handshake, SealedReader, SealedWriter, ServerConnection,
 };
@@ -24,8 +25,12 @@ type Writer = SealedWriter<tokio::io::WriteHalf<DuplexStream>>;
 async fn connected() -> ((Reader, Writer), (Reader, Writer)) {
     let (client_side, agent_side) = tokio::io::duplex(64 * 1024);
     let secret = Secret::from_bytes([5; 32]);
-    let line = format!("ops {}\n", secret.to_hex());
-    let keys = KeyRing::parse(&line, Path::new("keys")).unwrap();
+    let name = AgentName::parse("agent1").unwrap();
+    let line = format!(
+        "ops {} agent1\n",
+        derive_agent_key(&secret, "ops", &name).to_hex()
+    );
+    let keys = AgentKeys::parse(&line, Path::new("keys")).unwrap();
     let (agent_read, agent_write) = tokio::io::split(agent_side);
     let agent = tokio::spawn(async move {
         let ServerConnection {
@@ -42,9 +47,10 @@ async fn connected() -> ((Reader, Writer), (Reader, Writer)) {
         (reader, writer)
     });
     let (client_read, client_write) = tokio::io::split(client_side);
-    let (client_rx, mut client_tx) = client_handshake(client_read, client_write, "ops", secret)
-        .await
-        .unwrap();
+    let (client_rx, mut client_tx) =
+        client_handshake(client_read, client_write, "ops", &secret, &name)
+            .await
+            .unwrap();
     client_tx.send_request(&Request::Ping).await.unwrap();
     ((client_rx, client_tx), agent.await.unwrap())
 }

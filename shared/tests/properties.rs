@@ -13,8 +13,9 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use rexec_shared::frame::{self, HEADER_LEN, MAX_FRAME_LEN, MAX_HANDSHAKE_FRAME_LEN};
 use rexec_shared::handshake::{kind as hs, ClientHandshake, ServerHandshake};
-use rexec_shared::keyfile::Secret;
+use rexec_shared::keyfile::{derive_agent_key, Secret};
 use rexec_shared::message::{ExecRequest, ExitStatus, Request, ScriptInfo, ServerMsg, StreamMsg};
+use rexec_shared::name::AgentName;
 use rexec_shared::session::{DirectionKeys, Opener, Sealer};
 use rexec_shared::transport::{FrameReader, SealedReader};
 use rexec_shared::ProtocolError;
@@ -183,7 +184,7 @@ impl Server {
 
 fn exit_status() -> impl Strategy<Value = ExitStatus> {
     // A process ends with a code or by a signal (1..=64), never both.
-    let code = any::<i32>().prop_map(|c| (Some(c), None));
+    let code = (0..=255i32).prop_map(|c| (Some(c), None));
     let signal = (1..=64i32).prop_map(|s| (None, Some(s)));
     (prop_oneof![code, signal], any::<bool>()).prop_map(|((code, signal), timed_out)| ExitStatus {
         code,
@@ -390,7 +391,7 @@ proptest! {
         let mut wire = Vec::new();
         frame::encode(kind, &payload, &mut wire);
         let (f, _) = frame::parse(&wire, MAX_HANDSHAKE_FRAME_LEN).unwrap().unwrap();
-        prop_assert!(server.receive_client_hello(f, |_| Some(&secret)).is_err());
+        prop_assert!(server.receive_client_hello(f, |_, _| Some(&secret)).is_err());
     }
 
     #[test]
@@ -398,17 +399,24 @@ proptest! {
         let secret = Secret::from_bytes([9; 32]);
         let server = ServerHandshake::new();
         let (f, _) = frame::parse(server.hello(), MAX_HANDSHAKE_FRAME_LEN).unwrap().unwrap();
-        let (mut hello, _) = ClientHandshake::new("ops", secret.clone()).receive_server_hello(f).unwrap();
+        let name = AgentName::parse("agent1").unwrap();
+        // What the agent holds for "ops" under its name: the unmutated hello would pass.
+        let agent_key = derive_agent_key(&secret, "ops", &name);
+        let (mut hello, _) = ClientHandshake::new("ops", &secret, &name).receive_server_hello(f).unwrap();
         let i = HEADER_LEN + at.index(hello.len() - HEADER_LEN);
         prop_assume!(hello[i] != byte);
         hello[i] = byte;
         let (f, _) = frame::parse(&hello, MAX_HANDSHAKE_FRAME_LEN).unwrap().unwrap();
-        prop_assert!(server.receive_client_hello(f, |_| Some(&secret)).is_err());
+        prop_assert!(server.receive_client_hello(f, |_, _| Some(&agent_key)).is_err());
     }
 
     #[test]
     fn arbitrary_agent_hellos_and_proofs_never_panic_and_never_pass(hello in bytes(100), proof in bytes(64), kind in any::<u8>()) {
-        let client = ClientHandshake::new("ops", Secret::from_bytes([9; 32]));
+        let client = ClientHandshake::new(
+            "ops",
+            &Secret::from_bytes([9; 32]),
+            &AgentName::parse("agent1").unwrap(),
+        );
         let mut wire = Vec::new();
         frame::encode(kind, &hello, &mut wire);
         let (f, _) = frame::parse(&wire, MAX_HANDSHAKE_FRAME_LEN).unwrap().unwrap();

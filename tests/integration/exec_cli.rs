@@ -310,7 +310,11 @@ fn failed_exec_before_start_is_audited_as_not_run() {
 #[test]
 fn agent_refuses_an_address_in_use_naming_it() {
     let dir = scratch();
-    let key = write_key_file(dir.path(), "key", &key_line("test"));
+    let key = write_key_file(
+        dir.path(),
+        "key",
+        &crate::util::enrolled(&key_line("test"), crate::util::AGENT_NAME),
+    );
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let run = agent_cmd([

@@ -188,6 +188,32 @@ fn malformed_key_files() -> Vec<(&'static str, String, usize)> {
     ]
 }
 
+/// Malformed agent key files (`<key-id> <secret> <agent-name> [options]`), with the line number
+/// each must be reported at.
+fn malformed_agent_key_files() -> Vec<(&'static str, String, usize)> {
+    let good = format!("good {} 127.0.0.1\n", "cd".repeat(32));
+    let hex = "ab".repeat(32);
+    vec![
+        (
+            "bad hex",
+            format!("# comment\n{good}bad {} web1\n", "zz".repeat(32)),
+            3,
+        ),
+        ("short secret", format!("{good}short abcd web1\n"), 2),
+        ("bad id", format!("\nbad/id {hex} web1\n"), 2),
+        ("too long id", format!("{} {hex} web1\n", "x".repeat(65)), 1),
+        ("a client key line", format!("{good}\n\nid {hex}\n"), 4),
+        ("bad agent name", format!("{good}id {hex} bad/name\n"), 2),
+        (
+            "unknown option",
+            format!("{good}id {hex} web1 permit-all\n"),
+            2,
+        ),
+        ("missing secret", format!("{good}# ok\nlonely\n"), 3),
+        ("duplicate id and name", format!("{good}{good}"), 2),
+    ]
+}
+
 #[test]
 fn malformed_key_file_is_refused_by_ctl_naming_file_and_line() {
     let dir = scratch();
@@ -218,7 +244,7 @@ fn malformed_key_file_is_refused_by_ctl_naming_file_and_line() {
 #[test]
 fn malformed_key_file_is_refused_by_the_agent_naming_file_and_line() {
     let dir = scratch();
-    for (i, (what, text, line)) in malformed_key_files().into_iter().enumerate() {
+    for (i, (what, text, line)) in malformed_agent_key_files().into_iter().enumerate() {
         let key = write_key_file(dir.path(), &format!("bad-{i}"), &text);
         let run = agent_cmd([
             "--key-file".as_ref(),

@@ -52,7 +52,7 @@ fn client_hello(
     let (frame, _) = frame::parse(&hello, MAX_HANDSHAKE_FRAME_LEN)
         .unwrap()
         .unwrap();
-    ClientHandshake::new(&key.id, key.secret.clone())
+    ClientHandshake::new(&key.id, &key.secret, &crate::util::agent_name())
         .receive_server_hello(frame)
         .expect("agent hello is valid")
 }
@@ -429,7 +429,8 @@ fn low_order_x25519_keys_are_refused_and_nothing_runs() {
 #[test]
 fn a_changed_version_byte_is_refused() {
     let agent = Agent::start();
-    for version in [0u8, 2, 0xff] {
+    // 1 is the version before host-bound keys: refused by name like any other.
+    for version in [0u8, 1, 3, 0xff] {
         let answer = answer_to(&agent, |hello| hello[VERSION_AT] = version);
         expect_refusal(answer, &format!("unsupported protocol version {version}"));
     }
@@ -494,7 +495,6 @@ fn a_command_sent_before_the_proof_is_refused_and_nothing_runs() {
     let wrong = KeyEntry {
         id: key.id.clone(),
         secret: Secret::from_bytes([7; 32]),
-        ..key.clone()
     };
     let (mut bytes, _) = client_hello(&mut conn, &wrong);
     let exec_frame = sealed_with_a_guessed_session(2);

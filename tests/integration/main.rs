@@ -23,6 +23,7 @@ mod fleet_select;
 mod hardening;
 mod hardening_faults;
 mod hardening_mitm;
+mod host_keys;
 mod manpages;
 mod ops;
 mod output_safety;

@@ -12,8 +12,8 @@ use serde_json::Value;
 
 use crate::exec::audit_line;
 use crate::util::{
-    bin, ctl, eventually, exec, key_line, marker, reader, scratch, wait_bounded, write_key_file,
-    Agent, Run,
+    bin, ctl, enrolled, eventually, exec, key_line, marker, reader, scratch, wait_bounded,
+    write_key_file, Agent, Run, AGENT_NAME,
 };
 
 /// Bound on waiting for a log line, a file or a process on a loaded machine.
@@ -279,7 +279,7 @@ fn sighup_adds_and_revokes_keys_while_a_command_keeps_running() {
     exec_with_key(&agent, &key_b, "true").expect_code(255);
 
     // Add bob, revoke alice.
-    replace_key_file(&keys, &line_b);
+    replace_key_file(&agent.agent_key_file, &enrolled(&line_b, AGENT_NAME));
     agent.signal(libc::SIGHUP);
     agent.wait_for_log("reloaded the key file", WAIT);
 
@@ -324,12 +324,19 @@ fn broken_key_file_on_reload_keeps_the_old_keys() {
     let (line_a, line_b) = (key_line("alice"), key_line("bob"));
     let key_a = write_key_file(dir.path(), "a.key", &line_a);
     let key_b = write_key_file(dir.path(), "b.key", &line_b);
-    let keys = write_key_file(dir.path(), "keys", &line_a);
-    let agent = Agent::start_in(dir, keys.clone(), &[]);
+    let client = write_key_file(dir.path(), "keys", &line_a);
+    let agent = Agent::start_in(dir, client, &[]);
+    let keys = agent.agent_key_file.clone();
     let keys_name = keys.display().to_string();
 
     // A malformed second line.
-    replace_key_file(&keys, &format!("{line_b}bob2 not-hex\n"));
+    replace_key_file(
+        &keys,
+        &format!(
+            "{}bob2 not-hex {AGENT_NAME}\n",
+            enrolled(&line_b, AGENT_NAME)
+        ),
+    );
     agent.signal(libc::SIGHUP);
     let log = wait_for_count(&agent, "reload refused", 1);
     let refusal = log
@@ -344,7 +351,7 @@ fn broken_key_file_on_reload_keeps_the_old_keys() {
     exec_with_key(&agent, &key_b, "true").expect_code(255);
 
     // A well-formed file that others may read.
-    replace_key_file(&keys, &line_b);
+    replace_key_file(&keys, &enrolled(&line_b, AGENT_NAME));
     std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o644)).expect("chmod 644");
     agent.signal(libc::SIGHUP);
     let log = wait_for_count(&agent, "reload refused", 2);

@@ -389,7 +389,7 @@ fn bad_options_refuse_the_key_file_at_start() {
         let keys = write_key_file(
             dir.path(),
             "keys",
-            &format!("# header\n{} {options}\n", line.trim_end()),
+            &format!("# header\n{} {AGENT_NAME} {options}\n", line.trim_end()),
         );
         let run = agent_cmd([
             "--key-file".as_ref(),
@@ -418,7 +418,7 @@ fn user_needs_an_agent_running_as_root() {
     let keys = write_key_file(
         dir.path(),
         "keys",
-        &format!("{} user=nobody\n", key_line("k").trim_end()),
+        &format!("{} {AGENT_NAME} user=nobody\n", key_line("k").trim_end()),
     );
     // SAFETY: chown on a path we own, to the uid the agent will run as.
     let c_path = std::ffi::CString::new(keys.display().to_string()).expect("path");
@@ -452,7 +452,8 @@ fn sighup_with_a_bad_option_keeps_the_policy_in_force() {
         "keys",
         &format!("{} no-stdin\n", line.trim_end()),
     );
-    let agent = Agent::start_in(dir, keys.clone(), &[]);
+    let agent = Agent::start_in(dir, keys, &[]);
+    let keys = agent.agent_key_file.clone();
     let piped = || exec_as(&agent, &client, &[], "cat").stdin("x").run();
     expect_refused(&piped(), "no-stdin");
 
@@ -460,7 +461,10 @@ fn sighup_with_a_bad_option_keeps_the_policy_in_force() {
     let staged = write_key_file(
         agent.dir.path(),
         "keys.staged",
-        &format!("# v2\n{} no-stdn\n", line.trim_end()),
+        &format!(
+            "# v2\n{}",
+            enrolled(&format!("{} no-stdn\n", line.trim_end()), AGENT_NAME)
+        ),
     );
     std::fs::rename(&staged, &keys).expect("rename");
     agent.signal(libc::SIGHUP);
@@ -477,7 +481,11 @@ fn sighup_with_a_bad_option_keeps_the_policy_in_force() {
     expect_refused(&piped(), "no-stdin");
 
     // The corrected file takes effect.
-    let staged = write_key_file(agent.dir.path(), "keys.staged", &line);
+    let staged = write_key_file(
+        agent.dir.path(),
+        "keys.staged",
+        &enrolled(&line, AGENT_NAME),
+    );
     std::fs::rename(&staged, &keys).expect("rename");
     agent.signal(libc::SIGHUP);
     agent.wait_for_log("reloaded the key file", WAIT);

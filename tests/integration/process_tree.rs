@@ -359,7 +359,11 @@ fn subreaper_background_processes_of_a_finished_command_live_on() {
 #[test]
 fn forcing_cgroup_where_none_can_be_made_refuses_to_start() {
     let dir = crate::util::scratch();
-    let key = crate::util::write_key_file(dir.path(), "keys", &crate::util::key_line("t"));
+    let key = crate::util::write_key_file(
+        dir.path(),
+        "keys",
+        &crate::util::enrolled(&crate::util::key_line("t"), crate::util::AGENT_NAME),
+    );
     let not_a_cgroup = dir.path().to_string_lossy().into_owned();
     let run = crate::util::agent_cmd([
         "--key-file".as_ref(),

@@ -241,7 +241,8 @@ pub fn authenticate(addr: SocketAddr, key: &KeyEntry) -> Result<Authed, Protocol
     let (hello_frame, _) =
         frame::parse(&hello, MAX_HANDSHAKE_FRAME_LEN)?.ok_or(ProtocolError::Truncated)?;
     let (client_hello, await_proof) =
-        ClientHandshake::new(&key.id, key.secret.clone()).receive_server_hello(hello_frame)?;
+        ClientHandshake::new(&key.id, &key.secret, &crate::util::agent_name())
+            .receive_server_hello(hello_frame)?;
     conn.send(&client_hello)?;
     let proof = match conn.read_hello_answer() {
         HelloAnswer::Proof(raw) => raw,

@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
@@ -56,7 +56,57 @@ pub fn write_key_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     path
 }
 
-/// A fresh key line `<id> <64 hex>`.
+/// The agent name the tests' agents are enrolled for: what ctl expects of `127.0.0.1:PORT`.
+pub const AGENT_NAME: &str = "127.0.0.1";
+
+/// [`AGENT_NAME`] as an agent name.
+pub fn agent_name() -> rexec_shared::name::AgentName {
+    rexec_shared::name::AgentName::parse(AGENT_NAME).expect("a valid agent name")
+}
+
+/// The agent key-file lines (`ctl enroll` format) for every key line of `client`
+/// (`<key-id> <secret> [options]`: a client key line, with the options the agent's line is to
+/// carry), enrolled for `name`; comments and blank lines are dropped.
+pub fn enrolled(client: &str, name: &str) -> String {
+    let name = rexec_shared::name::AgentName::parse(name).expect("a valid agent name");
+    let mut out = String::new();
+    for line in client.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut words = line.splitn(3, char::is_whitespace);
+        let (id, secret) = (words.next().unwrap(), words.next().expect("a secret"));
+        let options = words.next().unwrap_or("").trim();
+        let ring = rexec_shared::keyfile::KeyRing::parse(
+            &format!("{id} {secret}\n"),
+            Path::new("client key"),
+        )
+        .expect("a valid client key line");
+        let entry = ring.first().expect("one key");
+        out.push_str(&rexec_shared::keyfile::enroll_line(entry, &name));
+        if !options.is_empty() {
+            out.push(' ');
+            out.push_str(options);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Writes a fresh client key `id` to `dir/client-key` and the agent's key file enrolled for
+/// [`AGENT_NAME`] to `dir/agent-keys`; returns (client key file, agent key file).
+pub fn enrolled_pair(dir: &Path, id: &str) -> (PathBuf, PathBuf) {
+    let client = key_line(id);
+    let client_file = write_key_file(dir, "client-key", &client);
+    let agent_file = write_key_file(
+        dir,
+        "agent-keys",
+        &(enrolled(&client, AGENT_NAME) + &enrolled(&client, "localhost")),
+    );
+    (client_file, agent_file)
+}
+
+/// A fresh client key line `<id> <64 hex>`.
 pub fn key_line(id: &str) -> String {
     let text = rexec_shared::keyfile::generate(id);
     text.lines()
@@ -71,8 +121,10 @@ pub struct Agent {
     child: Option<Child>,
     /// Address it is listening on.
     pub addr: SocketAddr,
-    /// The key file it was started with (also usable by ctl).
+    /// The client key file whose keys the agent is enrolled for (what ctl uses).
     pub key_file: PathBuf,
+    /// The agent's own key file (`ctl enroll` lines for [`AGENT_NAME`], or the listen host).
+    pub agent_key_file: PathBuf,
     log: Arc<Mutex<String>>,
     /// Keeps the key directory alive.
     pub dir: tempfile::TempDir,
@@ -87,17 +139,18 @@ impl Agent {
     /// An agent with a fresh key and extra arguments.
     pub fn start_with(args: &[&str]) -> Self {
         let dir = scratch();
-        let key_file = write_key_file(dir.path(), "keys", &key_line("test"));
-        Self::start_in(dir, key_file, args)
+        let (key_file, agent_key_file) = enrolled_pair(dir.path(), "test");
+        Self::start_enrolled(&[], "127.0.0.1:0", dir, key_file, agent_key_file, args)
     }
 
-    /// An agent using `key_file` (inside `dir`) and extra arguments.
+    /// An agent enrolled for every key of the client key file `key_file` (inside `dir`) under
+    /// [`AGENT_NAME`], with extra arguments.
     pub fn start_in(dir: tempfile::TempDir, key_file: PathBuf, args: &[&str]) -> Self {
         Self::start_on("127.0.0.1:0", dir, key_file, args)
     }
 
-    /// An agent listening on `listen` (a loopback address, e.g. `[::1]:0`), using `key_file`
-    /// (inside `dir`) and extra arguments.
+    /// An agent listening on `listen` (a loopback address, e.g. `[::1]:0`), enrolled for every
+    /// key of the client key file `key_file` (inside `dir`) under the listen host as its name.
     pub fn start_on(
         listen: &str,
         dir: tempfile::TempDir,
@@ -116,6 +169,59 @@ impl Agent {
         key_file: PathBuf,
         args: &[&str],
     ) -> Self {
+        let host = listen
+            .rsplit_once(':')
+            .map_or(listen, |(host, _)| host)
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let client = std::fs::read_to_string(&key_file).expect("read the client key file");
+        let name = format!(
+            "{}.agent",
+            key_file
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("keys")
+        );
+        // A loopback agent is reached under any of its loopback names (tests connect to an
+        // IPv4-mapped listener as 127.0.0.1): one enrolled line per name.
+        let loopback = host
+            .parse::<std::net::IpAddr>()
+            .map(|ip| ip.to_canonical().is_loopback())
+            .unwrap_or(false);
+        let lines = if loopback {
+            let mut names =
+                vec![rexec_shared::name::AgentName::parse(host).expect("a valid agent name")];
+            for alias in ["127.0.0.1", "::1", "localhost"] {
+                let alias = rexec_shared::name::AgentName::parse(alias).expect("a valid name");
+                if !names.contains(&alias) {
+                    names.push(alias);
+                }
+            }
+            names
+                .iter()
+                .map(|n| enrolled(&client, n.as_str()))
+                .collect()
+        } else {
+            enrolled(&client, host)
+        };
+        let agent_key_file = write_key_file(dir.path(), &name, &lines);
+        // Owned as the client file is, for agents that run as another user.
+        let meta = std::fs::metadata(&key_file).expect("stat the client key file");
+        std::os::unix::fs::chown(&agent_key_file, Some(meta.uid()), Some(meta.gid()))
+            .expect("chown the agent key file");
+        Self::start_enrolled(wrapper, listen, dir, key_file, agent_key_file, args)
+    }
+
+    /// An agent on `listen` with its own key file `agent_key_file` exactly as given;
+    /// `key_file` is the client key file ctl is to use with it.
+    pub fn start_enrolled(
+        wrapper: &[&str],
+        listen: &str,
+        dir: tempfile::TempDir,
+        key_file: PathBuf,
+        agent_key_file: PathBuf,
+        args: &[&str],
+    ) -> Self {
         let mut cmd = match wrapper.split_first() {
             Some((program, rest)) => {
                 let mut cmd = Command::new(program);
@@ -126,7 +232,7 @@ impl Agent {
         };
         let mut child = cmd
             .arg("--key-file")
-            .arg(&key_file)
+            .arg(&agent_key_file)
             .args(["--listen", listen])
             .args(args)
             .stdin(Stdio::null())
@@ -156,6 +262,7 @@ impl Agent {
             child: Some(child),
             addr: "0.0.0.0:0".parse().unwrap(),
             key_file,
+            agent_key_file,
             log,
             dir,
         };

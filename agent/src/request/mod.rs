@@ -66,7 +66,7 @@ pub async fn dispatch<R, W>(
     let (request, user) = match permit(caller, policy, request).await {
         Ok(permitted) => permitted,
         Err((refusal, asked)) => {
-            audit::refused(peer, &principal.key_id, &asked, &refusal);
+            audit::refused(peer, principal, &asked, &refusal);
             let _ = writer
                 .send_server(&ServerMsg::Error(refusal.message()))
                 .await;
@@ -89,17 +89,17 @@ pub async fn dispatch<R, W>(
                 user,
             };
             let outcome = exec::run(req, reader, writer, ctx).await;
-            audit::command(peer, &principal.key_id, &command, script.as_ref(), &outcome);
+            audit::command(peer, principal, &command, script.as_ref(), &outcome);
         }
         Request::Push(req) => {
             let dest = req.dest.clone();
             let outcome = push::run(req, reader, writer, shutdown, user).await;
-            audit::transfer(peer, &principal.key_id, "push", &[dest], &outcome);
+            audit::transfer(peer, principal, "push", &[dest], &outcome);
         }
         Request::Pull(req) => {
             let paths = req.paths.clone();
             let outcome = pull::run(req, reader, writer, shutdown, user).await;
-            audit::transfer(peer, &principal.key_id, "pull", &paths, &outcome);
+            audit::transfer(peer, principal, "pull", &paths, &outcome);
         }
         Request::Pty(req) => {
             let command = pty::audited_command(&req, user.as_ref());
@@ -111,7 +111,7 @@ pub async fn dispatch<R, W>(
                 user,
             };
             let outcome = pty::run(req, reader, writer, ctx).await;
-            audit::command(peer, &principal.key_id, &command, None, &outcome);
+            audit::command(peer, principal, &command, None, &outcome);
         }
     }
 }

@@ -16,5 +16,10 @@ pub async fn serve<W: AsyncWrite + Unpin>(
     let version = format!("agent {}", env!("CARGO_PKG_VERSION"));
     let _ = writer.send_server(&ServerMsg::Pong { version }).await;
     let _ = writer.shutdown().await;
-    tracing::debug!(%peer, key_id = principal.key_id, "answered ping");
+    tracing::debug!(
+        %peer,
+        key_id = principal.key_id,
+        agent_name = principal.agent_name.as_str(),
+        "answered ping"
+    );
 }
