@@ -15,6 +15,7 @@ use base64::Engine as _;
 use rexec_shared::keyfile::KeyEntry;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
+use zeroize::Zeroizing;
 
 use crate::engine::Job;
 use crate::outcome::Failure;
@@ -33,13 +34,12 @@ const REPORT: &str = "rexec-deploy: ";
 /// to listen.
 const PING_PATIENCE: Duration = Duration::from_secs(15);
 
-/// The agent key-file contents for the agent named `agent_name`: the line that authenticates
-/// this client's key there.
-// The one place that knows the key-file format for deploy, so that host-bound keys (a line
-// derived from the master key and the name) replace this by a call to the derivation.
-pub fn agent_key_file(key: &KeyEntry, agent_name: &str) -> String {
-    let _ = agent_name;
-    format!("{} {}\n", key.id, key.secret.to_hex())
+/// The agent key-file contents for `target`: the line `ctl enroll` prints for the name ctl
+/// will expect there (its `NAME` field, else its host), derived from the client's master key,
+/// which never leaves this machine.
+pub fn agent_key_file(key: &KeyEntry, target: &Target) -> Result<Zeroizing<String>, String> {
+    let name = target.expected_name()?;
+    Ok(crate::enroll::lines(key, &[name]))
 }
 
 /// Everything that is the same for every host.
@@ -103,15 +103,16 @@ impl Deploy {
     }
 
     /// The script for `target`, as [`script`] builds it.
-    pub fn script_for(&self, target: &Target) -> String {
-        script(&Params {
+    pub fn script_for(&self, target: &Target) -> Result<String, String> {
+        let key_file = agent_key_file(&self.key, target)?;
+        Ok(script(&Params {
             root: self.root.as_deref(),
             listen: &self.listen_for(target),
             key_id: &self.key.id,
-            key_file: &agent_key_file(&self.key, &target.host),
+            key_file: &key_file,
             agent_b64: &self.agent_b64,
             replace_keys: self.replace_keys,
-        })
+        }))
     }
 
     /// The command ssh runs on the host: `sh -s`, through `sudo -n` unless already root (not
@@ -203,7 +204,10 @@ impl Job for Deploy {
         mut stop: watch::Receiver<Option<i32>>,
     ) -> Done {
         let argv = self.ssh_command(target);
-        let script = self.script_for(target);
+        let script = match self.script_for(target) {
+            Ok(script) => script,
+            Err(e) => return Done::Refused(e),
+        };
         let ran = tokio::select! {
             ran = run_ssh(&argv, script.into_bytes()) => ran,
             _ = stop.wait_for(Option::is_some) => {
