@@ -139,6 +139,10 @@ fn deploy_installs_starts_and_runs_commands_then_upgrades_in_place() {
     let dir = crate::util::scratch();
     let line = key_line("ops");
     let secret = line.split_whitespace().nth(1).unwrap().to_owned();
+    // What the agent is to hold: the line enrolled for the name ctl expects, never the master.
+    let enrolled_line = crate::util::enrolled(&line, "127.0.0.1");
+    let derived = enrolled_line.split_whitespace().nth(1).unwrap().to_owned();
+    assert_ne!(derived, secret);
     let key = write_key_file(dir.path(), "client", &line);
     let root = dir.path().join("root");
 
@@ -165,6 +169,7 @@ fn deploy_installs_starts_and_runs_commands_then_upgrades_in_place() {
     let mut seen = Vec::new();
     let status = loop {
         seen.extend(pids_matching(&secret));
+        seen.extend(pids_matching(&derived));
         if let Some(status) = wait_bounded(&mut child, Duration::from_millis(5)) {
             break status;
         }
@@ -197,7 +202,10 @@ fn deploy_installs_starts_and_runs_commands_then_upgrades_in_place() {
     assert_eq!(mode(&root.join("etc/rexec")), 0o700);
     assert_eq!(mode(&root.join("etc/rexec/keys")), 0o600);
     let keys = std::fs::read_to_string(root.join("etc/rexec/keys")).unwrap();
-    assert!(keys.starts_with("ops ") && keys.contains(&secret), "{keys}");
+    assert!(
+        keys.lines().any(|l| l.trim() == enrolled_line.trim()) && !keys.contains(&secret),
+        "the agent must hold the line enrolled for 127.0.0.1 and never the master key: {keys}"
+    );
 
     // A command through the deployed agent.
     let run = exec_via(&key, port, "echo deployed-$((40 + 2))");
