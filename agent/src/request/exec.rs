@@ -40,7 +40,7 @@ pub enum KillReason {
 }
 
 /// How one exec ended, for the audit log.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Outcome {
     /// The command's status, if it was started and reaped.
     pub status: Option<ExitStatus>,
@@ -97,13 +97,7 @@ where
     W: AsyncWrite + Unpin,
 {
     let started = Instant::now();
-    let mut outcome = Outcome {
-        status: None,
-        error: None,
-        killed: None,
-        bytes_out: 0,
-        duration: Duration::ZERO,
-    };
+    let mut outcome = Outcome::default();
     let (mut child, tree) = match spawn(&req, ctx.user.as_ref()).await {
         Ok(spawned) => spawned,
         Err(text) => {

@@ -47,13 +47,7 @@ where
     W: AsyncWrite + Unpin,
 {
     let started = Instant::now();
-    let mut outcome = Outcome {
-        status: None,
-        error: None,
-        killed: None,
-        bytes_out: 0,
-        duration: Duration::ZERO,
-    };
+    let mut outcome = Outcome::default();
     let (mut child, tree, master) = match start(&req, ctx.user.as_ref()).await {
         Ok(started) => started,
         Err(text) => {
