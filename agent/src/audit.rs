@@ -71,6 +71,10 @@ fn describe(outcome: &Outcome) -> String {
             text.push_str(&format!(", cancelled by client (signal {sig})"))
         }
         Some(KillReason::ClientGone) => text.push_str(", client went away"),
+        Some(KillReason::ClientSilent(after)) => text.push_str(&format!(
+            ", client silent for {}s (frozen, or the network to it is gone)",
+            after.as_secs_f64()
+        )),
         Some(KillReason::Shutdown) => text.push_str(", agent shutting down"),
         Some(KillReason::Timeout) | None => {}
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::builder::TypedValueParser;
 use clap::{Parser, ValueEnum};
-use rexec_shared::cli::parse_secs;
+use rexec_shared::cli::{parse_alive_timeout, parse_secs, AliveTimeout};
 use tracing_subscriber::EnvFilter;
 
 /// Default `--max-connections` (also `config::Config`'s).
@@ -72,6 +72,12 @@ pub struct Cli {
     /// Seconds a client has to authenticate and send its request.
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
     pub handshake_timeout: Duration,
+
+    /// Seconds a client may send nothing, not even a heartbeat, before the agent ends its
+    /// command's process tree (a frozen client, or the network to it gone). A command that is
+    /// merely quiet is never cut: ctl's heartbeats keep coming. 0 or `off`: never.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_alive_timeout)]
+    pub alive_timeout: AliveTimeout,
 
     /// Seconds between SIGTERM and SIGKILL when a command's process tree is killed.
     #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_secs)]

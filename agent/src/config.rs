@@ -18,6 +18,8 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// Time between SIGTERM and SIGKILL when a command's process tree is killed.
     pub kill_grace: Duration,
+    /// Time a client may send no frame while the agent waits for one; `None`: no limit.
+    pub alive_timeout: Option<Duration>,
     /// Bounds on forwarding a command's output after it exited.
     pub drain: Drain,
     /// Time running commands get to end and report after the agent is told to stop.
@@ -74,6 +76,7 @@ impl Default for Config {
             max_unauthenticated_per_source: None,
             handshake_timeout: Duration::from_secs(10),
             kill_grace: Duration::from_secs(2),
+            alive_timeout: Some(rexec_shared::liveness::DEFAULT_TIMEOUT),
             drain: Drain::default(),
             shutdown_grace: Duration::from_secs(5),
         }

@@ -66,7 +66,7 @@ pub async fn serve(conn: Connection) {
     drop(pending);
     let ServerConnection {
         principal,
-        reader,
+        mut reader,
         mut writer,
         ..
     } = match authenticated {
@@ -76,6 +76,7 @@ pub async fn serve(conn: Connection) {
             return;
         }
     };
+    reader.set_alive_timeout(config.alive_timeout);
     let key_id = principal.key_id.as_str();
     let agent_name = principal.agent_name.as_str();
     tracing::debug!(%peer, key_id, agent_name, "authenticated");

@@ -71,6 +71,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         max_unauthenticated_per_source: cli.max_unauthenticated_per_source,
         handshake_timeout: cli.handshake_timeout,
         kill_grace: cli.kill_grace,
+        alive_timeout: cli.alive_timeout.0,
         ..Config::default()
     };
     let mut sigterm =

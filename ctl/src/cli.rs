@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use rexec_shared::cli::parse_secs;
+use rexec_shared::cli::{parse_alive_timeout, parse_secs, AliveTimeout};
 
 /// Run shell commands on remote agents over an authenticated, encrypted channel.
 #[derive(Debug, Parser)]
@@ -176,6 +176,12 @@ pub struct TargetArgs {
     /// Time allowed to connect and authenticate, per target (30, 90s, 5m, 2h) [default: 5s].
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pub connect_timeout: Option<Duration>,
+
+    /// Give up on a target that sends nothing, not even a heartbeat, for this long while ctl
+    /// waits (a frozen agent, or the network to it gone): exit 255 naming it. A quiet command
+    /// is never cut, the agent's heartbeats keep coming. 0 or `off`: never [default: 30].
+    #[arg(long, value_name = "SECS", value_parser = parse_alive_timeout)]
+    pub alive_timeout: Option<AliveTimeout>,
 
     /// Port for targets that name none [default: $CTL_PORT, else 50007].
     #[arg(long, value_name = "PORT")]

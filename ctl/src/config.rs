@@ -7,6 +7,7 @@
 //! parallel = 128
 //! key_file = "/home/ops/.config/rexec/key"
 //! connect_timeout = "3s"            # or a number of seconds
+//! alive_timeout = 60                # 0 or "off": never give up on a silent target
 //!
 //! [groups]
 //! web = "web[01-20]"
@@ -21,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
+use rexec_shared::cli::{parse_alive_timeout, AliveTimeout};
 use serde::Deserialize;
 
 /// A duration in the config: seconds as a number, or text as on the command line (`5m`).
@@ -39,6 +41,7 @@ struct File {
     parallel: Option<u32>,
     key_file: Option<PathBuf>,
     connect_timeout: Option<Secs>,
+    alive_timeout: Option<Secs>,
     #[serde(default)]
     groups: BTreeMap<String, String>,
     #[serde(default)]
@@ -56,6 +59,8 @@ pub struct Config {
     pub key_file: Option<PathBuf>,
     /// Default `--connect-timeout`.
     pub connect_timeout: Option<Duration>,
+    /// Default `--alive-timeout`.
+    pub alive_timeout: Option<AliveTimeout>,
     /// `@NAME` groups: each a target list.
     pub groups: BTreeMap<String, String>,
     /// Expected agent names by host, when not the host itself.
@@ -100,6 +105,13 @@ impl Config {
                     .map_err(|e| anyhow::anyhow!("connect_timeout: {e}"))?,
             ),
         };
+        let alive_timeout = match file.alive_timeout {
+            None => None,
+            Some(Secs::Number(n)) => Some(n.to_string()),
+            Some(Secs::Text(t)) => Some(t),
+        }
+        .map(|t| parse_alive_timeout(&t).map_err(|e| anyhow::anyhow!("alive_timeout: {e}")))
+        .transpose()?;
         if file.parallel == Some(0) {
             anyhow::bail!("parallel must be at least 1");
         }
@@ -113,6 +125,7 @@ impl Config {
             parallel: file.parallel,
             key_file: file.key_file,
             connect_timeout,
+            alive_timeout,
             groups: file.groups,
             agent_names: file.agent_names,
         })

@@ -205,7 +205,20 @@ async fn recv_winch(winch: &mut Option<tokio::signal::unix::Signal>) -> Option<(
 /// Sends keys, window sizes and cancels in order, on a task of its own: a send stalled by a
 /// remote program that reads no input must not stop ctl from showing what it writes.
 async fn send_outgoing(mut writer: SealedWriter<OwnedWriteHalf>, mut rx: mpsc::Receiver<Outgoing>) {
-    while let Some(out) = rx.recv().await {
+    loop {
+        let out = tokio::select! {
+            out = rx.recv() => match out {
+                Some(out) => out,
+                None => return,
+            },
+            // A session nobody types in still shows the agent that ctl is there.
+            () = writer.heartbeat_due() => {
+                if writer.send_heartbeat().await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
         let msg = match &out {
             Outgoing::Keys(keys) => StreamMsg::Stdin(keys),
             Outgoing::Size(size) => StreamMsg::WindowSize(*size),

@@ -2,6 +2,7 @@
 //! ping. Output goes to an [`Output`], so every renderer shares this code.
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,25 @@ use crate::target::Target;
 const LOCAL_TIMEOUT_SLACK: Duration = Duration::from_secs(5);
 /// Pause before the first retry of an unreachable target; later ones wait longer.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+/// `--alive-timeout` in milliseconds, 0 for none: one value for the whole run, like the log
+/// level, so that every way of connecting applies it without carrying it along.
+static ALIVE_TIMEOUT_MS: AtomicU64 = AtomicU64::new(0);
+
+/// Sets the alive timeout every connection made from now on gets (`None`: never give up).
+pub fn set_alive_timeout(timeout: Option<Duration>) {
+    let ms = timeout.map_or(0, |t| {
+        u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)
+    });
+    ALIVE_TIMEOUT_MS.store(ms, Ordering::Relaxed);
+}
+
+fn alive_timeout() -> Option<Duration> {
+    match ALIVE_TIMEOUT_MS.load(Ordering::Relaxed) {
+        0 => None,
+        ms => Some(Duration::from_millis(ms)),
+    }
+}
 
 /// An authenticated connection.
 pub struct Connection {
@@ -73,8 +93,9 @@ pub async fn connect(
             tracing::debug!(%target, error = %e, elapsed = ?started.elapsed(), "handshake failed");
             Err(handshake_failure(e, &key.id, &name))
         }
-        Ok(Ok((reader, writer))) => {
+        Ok(Ok((mut reader, writer))) => {
             tracing::debug!(%target, key_id = %key.id, elapsed = ?started.elapsed(), "authenticated");
+            reader.set_alive_timeout(alive_timeout());
             Ok(Connection { reader, writer })
         }
     }
@@ -170,6 +191,12 @@ pub fn stream_failure(e: ProtocolError) -> Failure {
             Failure::Stream("stream truncated: connection closed in the middle of a frame".into())
         }
         ProtocolError::Io(e) => Failure::Stream(format!("connection lost: {e}")),
+        ProtocolError::PeerSilent(after) => Failure::Stream(format!(
+            "no sign of life from the agent for {}s (no output, no heartbeat): it is frozen \
+             or the network to it is gone; what became of the command is unknown \
+             (--alive-timeout sets the wait)",
+            after.as_secs_f64()
+        )),
         // The agent never sends such frames after authenticating: the length was altered.
         e @ (ProtocolError::FrameTooLarge { .. } | ProtocolError::EmptyFrame) => {
             Failure::Stream(format!(
@@ -367,6 +394,10 @@ async fn send_input(
                 }
                 None => std::future::pending::<()>().await,
             },
+            // Without input to send, the agent still learns that ctl is there.
+            () = writer.heartbeat_due() => if writer.send_heartbeat().await.is_err() {
+                return;
+            },
             chunk = recv_opt(&mut stdin) => {
                 let sent = match &chunk {
                     Some(Ok(data)) => writer.send_stream(&StreamMsg::Stdin(data)).await,
@@ -386,6 +417,17 @@ async fn send_input(
                     return;
                 }
             }
+        }
+    }
+}
+
+/// Sends heartbeats as they fall due, for an exchange in which ctl has nothing else to send;
+/// ends when sending fails. The connection's write side stays open while this runs.
+pub async fn keep_alive(mut writer: SealedWriter<OwnedWriteHalf>) {
+    loop {
+        writer.heartbeat_due().await;
+        if writer.send_heartbeat().await.is_err() {
+            return;
         }
     }
 }

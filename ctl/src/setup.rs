@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use rexec_shared::DEFAULT_PORT;
+use rexec_shared::{liveness, DEFAULT_PORT};
 
 use crate::cli::{KeyArgs, TargetArgs};
 use crate::config::Config;
@@ -55,6 +55,12 @@ pub fn resolve(targets: &TargetArgs, key: &KeyArgs) -> Result<Settings, String> 
         .clone()
         .or_else(|| env("CTL_KEY_FILE").map(PathBuf::from))
         .or_else(|| config.key_file.clone());
+    let alive_timeout = targets
+        .alive_timeout
+        .or(config.alive_timeout)
+        .map_or(Some(liveness::DEFAULT_TIMEOUT), |t| t.0);
+    // Every connection of the run takes it from there.
+    crate::remote::set_alive_timeout(alive_timeout);
     Ok(Settings {
         port,
         parallel: targets

@@ -25,9 +25,42 @@ pub fn parse_secs(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// An `--alive-timeout`: how long a side waits for a frame from its peer before it gives up;
+/// `None` never. (A type of its own: clap reads a bare `Option` as "flag may be absent".)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AliveTimeout(pub Option<Duration>);
+
+/// Parses an `--alive-timeout`: a duration as [`parse_secs`] reads it, at least 1 s (heartbeats
+/// come four times as often), or `0` / `off` for a side that never gives up on its peer.
+pub fn parse_alive_timeout(text: &str) -> Result<AliveTimeout, String> {
+    if matches!(text.trim(), "0" | "off") {
+        return Ok(AliveTimeout(None));
+    }
+    let timeout = parse_secs(text)?;
+    if timeout < Duration::from_secs(1) {
+        return Err(format!(
+            "{text} is too short for an alive timeout (at least 1 s; 0 or off to never give up)"
+        ));
+    }
+    Ok(AliveTimeout(Some(timeout)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn alive_timeouts_are_at_least_a_second_or_off() {
+        let after = |s| Ok(AliveTimeout(Some(Duration::from_secs(s))));
+        assert_eq!(parse_alive_timeout("30"), after(30));
+        assert_eq!(parse_alive_timeout("2m"), after(120));
+        assert_eq!(parse_alive_timeout("0"), Ok(AliveTimeout(None)));
+        assert_eq!(parse_alive_timeout("off"), Ok(AliveTimeout(None)));
+        assert!(parse_alive_timeout("0.5")
+            .unwrap_err()
+            .contains("at least 1 s"));
+        assert!(parse_alive_timeout("-3").is_err());
+    }
 
     #[test]
     fn seconds_in_range_parse_and_others_say_why() {

@@ -50,6 +50,10 @@ pub enum ProtocolError {
     /// A sealed frame failed to open: it was altered, reordered, replayed or forged.
     #[error("integrity check failed: the stream was altered, reordered or replayed")]
     Integrity,
+    /// No frame (not even a heartbeat) arrived for the whole alive timeout while this side was
+    /// waiting for one: the peer is frozen, or the network to it is gone.
+    #[error("no sign of life from the peer for {}s (its heartbeats stopped)", .0.as_secs_f64())]
+    PeerSilent(std::time::Duration),
     /// The per-direction frame counter would wrap; the connection must end.
     #[error("frame counter exhausted; connection must be re-established")]
     CounterExhausted,

@@ -5,7 +5,8 @@
 //! carry: one [`message::Request`], then stream messages), and [`transport`], the only module
 //! that does I/O. [`codec`] reads and writes message bodies; [`keyfile`] reads key files (client master keys, agents' derived keys); [`name`] is the
 //! canonical agent name;
-//! [`files`] carries `ctl push`/`ctl pull` trees.
+//! [`files`] carries `ctl push`/`ctl pull` trees; [`liveness`] is the heartbeat that notices a
+//! peer that stopped answering.
 //! docs/protocol.md describes every byte.
 
 pub mod cli;
@@ -15,6 +16,7 @@ pub mod files;
 pub mod frame;
 pub mod handshake;
 pub mod keyfile;
+pub mod liveness;
 pub mod message;
 pub mod name;
 pub mod policy;

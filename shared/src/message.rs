@@ -58,6 +58,9 @@ pub mod kind {
     pub const FILE_ERROR: u8 = 0x2b;
     /// Agent: the transfer is over, with its totals (final frame).
     pub const TRANSFER_DONE: u8 = 0x2c;
+    /// Either side, any time after the request: "still here", with the sender's alive timeout
+    /// (see [`crate::liveness`]). The transport consumes it; no exchange ever sees one.
+    pub const HEARTBEAT: u8 = 0x30;
 }
 
 /// A terminal's size in character cells, as the client sent it (0: unknown); the agent

@@ -2,7 +2,12 @@
 //! sealed session over any `AsyncRead`/`AsyncWrite` pair (a TCP socket, or an in-memory duplex
 //! in tests).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
 
 use crate::error::ProtocolError;
 use crate::frame::{self, HEADER_LEN, MAX_FRAME_LEN, MAX_HANDSHAKE_FRAME_LEN};
@@ -11,7 +16,8 @@ use crate::handshake::{
     VERSION,
 };
 use crate::keyfile::{AgentKeys, Secret};
-use crate::message::{Request, ServerMsg, StreamMsg};
+use crate::liveness::{self, Heartbeat, PeerTimeout};
+use crate::message::{kind, Request, ServerMsg, StreamMsg};
 use crate::name::AgentName;
 use crate::session::{Opener, Sealer};
 
@@ -64,16 +70,19 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// [`ProtocolError::Truncated`] if the stream ends inside one. A length above `max_len` is
     /// refused as soon as its 4 bytes arrive.
     pub async fn next(&mut self, max_len: usize) -> Result<Option<RawFrame<'_>>, ProtocolError> {
+        let span = self.next_span(max_len).await?;
+        Ok(span.map(|span| self.frame(span)))
+    }
+
+    /// Reads until a whole frame is buffered and says where it is. Cancel-safe: bytes read
+    /// stay in the buffer for the next call.
+    async fn next_span(&mut self, max_len: usize) -> Result<Option<Span>, ProtocolError> {
         loop {
             let pending = &self.buf[self.pos..];
             if let Some((_, used)) = frame::parse(pending, max_len)? {
                 let start = self.pos;
                 self.pos += used;
-                let whole = &mut self.buf[start..start + used];
-                let (header, payload) = whole.split_at_mut(HEADER_LEN);
-                let mut h = [0u8; HEADER_LEN];
-                h.copy_from_slice(header);
-                return Ok(Some(RawFrame { header: h, payload }));
+                return Ok(Some(Span { start, used }));
             }
             let wanted = match pending.get(..4) {
                 Some(len) => {
@@ -97,28 +106,145 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             }
         }
     }
+
+    /// The frame at `span`, which the last [`Self::next_span`] returned.
+    fn frame(&mut self, span: Span) -> RawFrame<'_> {
+        let whole = &mut self.buf[span.start..span.start + span.used];
+        let (header, payload) = whole.split_at_mut(HEADER_LEN);
+        let mut h = [0u8; HEADER_LEN];
+        h.copy_from_slice(header);
+        RawFrame { header: h, payload }
+    }
 }
 
-/// Receives and opens sealed frames.
+/// Where a whole frame lies in a [`FrameReader`]'s buffer.
+#[derive(Clone, Copy)]
+struct Span {
+    start: usize,
+    used: usize,
+}
+
+/// What the two halves of one session share for liveness: this side's alive timeout and what
+/// the peer's heartbeats said of its own.
+#[derive(Debug, Default)]
+struct Pulse {
+    /// This side's alive timeout in milliseconds; 0: none.
+    own_ms: AtomicU64,
+    /// The peer's: [`PEER_UNKNOWN`] until its first heartbeat, 0 if it never gives up.
+    peer_ms: AtomicU64,
+}
+
+const PEER_UNKNOWN: u64 = u64::MAX;
+
+impl Pulse {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            own_ms: AtomicU64::new(0),
+            peer_ms: AtomicU64::new(PEER_UNKNOWN),
+        })
+    }
+
+    fn own(&self) -> Option<Duration> {
+        match self.own_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+
+    fn set_own(&self, timeout: Option<Duration>) {
+        let ms = timeout.map_or(0, |t| {
+            u64::try_from(t.as_millis()).unwrap_or(u64::MAX - 1).max(1)
+        });
+        self.own_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn peer(&self) -> PeerTimeout {
+        match self.peer_ms.load(Ordering::Relaxed) {
+            PEER_UNKNOWN => PeerTimeout::Unknown,
+            0 => PeerTimeout::Never,
+            ms => PeerTimeout::After(Duration::from_millis(ms)),
+        }
+    }
+
+    fn heard(&self, beat: Heartbeat) {
+        self.peer_ms
+            .store(u64::from(beat.timeout_ms), Ordering::Relaxed);
+    }
+}
+
+/// Receives and opens sealed frames. Heartbeats are consumed here: they only tell that the
+/// peer is there, and what its alive timeout is. With an alive timeout set, a wait for the next
+/// frame that lasts that long ends in [`ProtocolError::PeerSilent`].
 pub struct SealedReader<R> {
     frames: FrameReader<R>,
     opener: Opener,
+    pulse: Arc<Pulse>,
+    /// When the wait for the next frame began. It survives a cancelled [`Self::next`] (a
+    /// `select!` that chose another branch), so restarting the read does not restart the clock;
+    /// a returned frame ends the wait, so time spent elsewhere between frames never counts.
+    waiting_since: Option<Instant>,
 }
 
 impl<R: AsyncRead + Unpin> SealedReader<R> {
-    /// Wraps a frame reader whose handshake has completed.
+    /// Wraps a frame reader whose handshake has completed; no alive timeout.
     pub fn new(frames: FrameReader<R>, opener: Opener) -> Self {
-        Self { frames, opener }
+        Self::with_pulse(frames, opener, Pulse::new())
     }
 
-    /// The next opened frame as (kind, plaintext); `Ok(None)` on end of stream between frames.
+    fn with_pulse(frames: FrameReader<R>, opener: Opener, pulse: Arc<Pulse>) -> Self {
+        Self {
+            frames,
+            opener,
+            pulse,
+            waiting_since: None,
+        }
+    }
+
+    /// Gives up on a peer that sends no frame for `timeout` while this side waits for one
+    /// (`None`: never). The writer of the same session announces it in its heartbeats.
+    pub fn set_alive_timeout(&mut self, timeout: Option<Duration>) {
+        self.pulse.set_own(timeout);
+    }
+
+    /// The next opened frame other than a heartbeat, as (kind, plaintext); `Ok(None)` on end
+    /// of stream between frames.
     pub async fn next(&mut self) -> Result<Option<(u8, &mut [u8])>, ProtocolError> {
-        let Some(frame) = self.frames.next(MAX_FRAME_LEN).await? else {
-            return Ok(None);
-        };
-        let kind = frame.kind();
-        let plain_len = self.opener.open(frame.header, frame.payload)?.len();
-        Ok(Some((kind, &mut frame.payload[..plain_len])))
+        let mut since = *self.waiting_since.get_or_insert_with(Instant::now);
+        loop {
+            let read = self.frames.next_span(MAX_FRAME_LEN);
+            // The read is polled before the deadline, so frames already buffered are taken
+            // even when the deadline has passed.
+            let span = match self.pulse.own() {
+                None => read.await,
+                Some(timeout) => match tokio::time::timeout_at(since + timeout, read).await {
+                    Ok(span) => span,
+                    Err(_) => {
+                        self.waiting_since = None;
+                        return Err(ProtocolError::PeerSilent(timeout));
+                    }
+                },
+            };
+            let span = match span {
+                Ok(Some(span)) => span,
+                other => {
+                    self.waiting_since = None;
+                    return other.map(|_| None);
+                }
+            };
+            let frame = self.frames.frame(span);
+            let frame_kind = frame.kind();
+            let plain_len = self.opener.open(frame.header, frame.payload)?.len();
+            if frame_kind == kind::HEARTBEAT {
+                let beat = Heartbeat::decode(&frame.payload[..plain_len])?;
+                self.pulse.heard(beat);
+                since = Instant::now();
+                self.waiting_since = Some(since);
+                continue;
+            }
+            self.waiting_since = None;
+            let frame = self.frames.frame(span);
+            return Ok(Some((frame_kind, &mut frame.payload[..plain_len])));
+        }
     }
 
     /// The next message from the agent; `Ok(None)` on end of stream.
@@ -153,6 +279,11 @@ pub struct RequestReader<R> {
 }
 
 impl<R: AsyncRead + Unpin> RequestReader<R> {
+    /// See [`SealedReader::set_alive_timeout`]; it applies once the request is in.
+    pub fn set_alive_timeout(&mut self, timeout: Option<Duration>) {
+        self.inner.set_alive_timeout(timeout);
+    }
+
     /// The client's request and the reader for what follows it; `Ok(None)` if the client closed
     /// the connection without sending one.
     pub async fn read_request(self) -> Result<Option<(Request, SealedReader<R>)>, ProtocolError> {
@@ -165,20 +296,31 @@ impl<R: AsyncRead + Unpin> RequestReader<R> {
     }
 }
 
-/// Seals and sends frames, one write per frame.
+/// Seals and sends frames, one write per frame. It keeps the time of the last frame sent, so
+/// that the exchange can send a heartbeat when [`Self::heartbeat_due`] says so.
 pub struct SealedWriter<W> {
     inner: W,
     sealer: Sealer,
     buf: Vec<u8>,
+    pulse: Arc<Pulse>,
+    last_sent: Instant,
+    announced: bool,
 }
 
 impl<W: AsyncWrite + Unpin> SealedWriter<W> {
     /// Wraps a stream whose handshake has completed.
     pub fn new(inner: W, sealer: Sealer) -> Self {
+        Self::with_pulse(inner, sealer, Pulse::new())
+    }
+
+    fn with_pulse(inner: W, sealer: Sealer, pulse: Arc<Pulse>) -> Self {
         Self {
             inner,
             sealer,
             buf: Vec::new(),
+            pulse,
+            last_sent: Instant::now(),
+            announced: false,
         }
     }
 
@@ -187,6 +329,27 @@ impl<W: AsyncWrite + Unpin> SealedWriter<W> {
         self.buf.clear();
         self.sealer.seal(kind, body, &mut self.buf)?;
         self.inner.write_all(&self.buf).await?;
+        self.last_sent = Instant::now();
+        Ok(())
+    }
+
+    /// Resolves when this side has been silent long enough that it owes the peer a heartbeat
+    /// (at once if it has not sent its first); never if the peer needs none. Cancel-safe:
+    /// exchanges poll it in their `select!` next to their own work.
+    pub async fn heartbeat_due(&self) {
+        let silent = self.last_sent.elapsed();
+        match liveness::next_due(self.announced, silent, self.pulse.peer()) {
+            Some(wait) => tokio::time::sleep(wait).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Sends a heartbeat with this side's alive timeout.
+    pub async fn send_heartbeat(&mut self) -> Result<(), ProtocolError> {
+        let mut body = Vec::with_capacity(4);
+        Heartbeat::new(self.pulse.own()).encode(&mut body);
+        self.send(kind::HEARTBEAT, &body).await?;
+        self.announced = true;
         Ok(())
     }
 
@@ -221,6 +384,7 @@ impl<W: AsyncWrite + Unpin> SealedWriter<W> {
     ) -> Result<(), ProtocolError> {
         self.sealer.seal_in_place(kind, buf, 0)?;
         self.inner.write_all(buf).await?;
+        self.last_sent = Instant::now();
         Ok(())
     }
 
@@ -363,12 +527,13 @@ where
                     what: "proof",
                     cause,
                 })?;
+            let pulse = Pulse::new();
             Ok(ServerConnection {
                 principal,
                 reader: RequestReader {
-                    inner: SealedReader::new(frames, session.opener),
+                    inner: SealedReader::with_pulse(frames, session.opener, pulse.clone()),
                 },
-                writer: SealedWriter::new(write, session.sealer),
+                writer: SealedWriter::with_pulse(write, session.sealer, pulse),
             })
         }
         Err(error) => {
@@ -414,8 +579,147 @@ where
         .await?
         .ok_or(ProtocolError::Truncated)?;
     let Session { sealer, opener } = await_proof.receive_server_proof(proof.as_frame())?;
+    let pulse = Pulse::new();
     Ok((
-        SealedReader::new(frames, opener),
-        SealedWriter::new(write, sealer),
+        SealedReader::with_pulse(frames, opener, pulse.clone()),
+        SealedWriter::with_pulse(write, sealer, pulse),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    //! Liveness on an in-memory connection, on tokio's paused clock: the waits are virtual.
+
+    use tokio::io::{DuplexStream, ReadHalf, WriteHalf};
+
+    use super::*;
+    use crate::session::DirectionKeys;
+
+    /// One direction of a session: a sealed writer and the paired reader at the other end.
+    fn one_way() -> (
+        SealedWriter<WriteHalf<DuplexStream>>,
+        SealedReader<ReadHalf<DuplexStream>>,
+    ) {
+        let keys = DirectionKeys {
+            key: [7; 32],
+            iv: [9; 12],
+        };
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let (_, write) = tokio::io::split(a);
+        let (read, _) = tokio::io::split(b);
+        (
+            SealedWriter::new(write, Sealer::new(&keys)),
+            SealedReader::new(FrameReader::new(read), Opener::new(&keys)),
+        )
+    }
+
+    /// Sends heartbeats as an exchange would, and `last` after `after`.
+    async fn beating_then(
+        mut writer: SealedWriter<WriteHalf<DuplexStream>>,
+        after: Duration,
+        last: &'static [u8],
+    ) -> SealedWriter<WriteHalf<DuplexStream>> {
+        let end = tokio::time::sleep(after);
+        tokio::pin!(end);
+        loop {
+            tokio::select! {
+                () = &mut end => break,
+                () = writer.heartbeat_due() => writer.send_heartbeat().await.unwrap(),
+            }
+        }
+        writer.send(kind::STDOUT, last).await.unwrap();
+        writer
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_peer_that_sends_heartbeats_is_never_given_up_on() {
+        let (writer, mut reader) = one_way();
+        reader.set_alive_timeout(Some(Duration::from_secs(2)));
+        let sender = tokio::spawn(beating_then(writer, Duration::from_secs(600), b"done"));
+        let started = Instant::now();
+        let (k, body) = reader.next().await.unwrap().unwrap();
+        assert_eq!((k, &*body), (kind::STDOUT, &b"done"[..]));
+        assert!(started.elapsed() >= Duration::from_secs(600));
+        drop(sender.await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_sends_nothing_is_given_up_on_after_the_timeout() {
+        let (_writer, mut reader) = one_way();
+        reader.set_alive_timeout(Some(Duration::from_secs(3)));
+        let started = Instant::now();
+        let err = reader.next().await.unwrap_err();
+        assert!(matches!(err, ProtocolError::PeerSilent(t) if t == Duration::from_secs(3)));
+        assert_eq!(started.elapsed().as_secs(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_heartbeat_announces_the_timeout_and_sets_the_peers_pace() {
+        let (mut writer, mut reader) = one_way();
+        writer.pulse.set_own(Some(Duration::from_secs(8)));
+        writer.send_heartbeat().await.unwrap();
+        writer.send(kind::STDOUT, b"x").await.unwrap();
+        reader.next().await.unwrap().unwrap();
+        assert_eq!(
+            reader.pulse.peer(),
+            PeerTimeout::After(Duration::from_secs(8))
+        );
+        assert_eq!(
+            liveness::interval(reader.pulse.peer()),
+            Some(Duration::from_secs(2))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_cancelled_and_restarted_does_not_restart_the_clock() {
+        let (_writer, mut reader) = one_way();
+        reader.set_alive_timeout(Some(Duration::from_secs(5)));
+        let started = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let err = loop {
+            tokio::select! {
+                r = reader.next() => break r.unwrap_err(),
+                _ = tick.tick() => {}
+            }
+        };
+        assert!(matches!(err, ProtocolError::PeerSilent(_)));
+        assert_eq!(started.elapsed().as_secs(), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn time_spent_away_from_the_reader_is_not_silence() {
+        // A reader busy elsewhere (its consumer blocked) for longer than its timeout: the
+        // clock starts again when it comes back to wait, so a frame that comes within the
+        // timeout of that is taken.
+        let (mut writer, mut reader) = one_way();
+        reader.set_alive_timeout(Some(Duration::from_secs(2)));
+        writer.send(kind::STDOUT, b"first").await.unwrap();
+        reader.next().await.unwrap().unwrap();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let sender = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            writer.send(kind::STDOUT, b"late").await.unwrap();
+            writer
+        });
+        let (k, body) = reader.next().await.unwrap().unwrap();
+        assert_eq!((k, &*body), (kind::STDOUT, &b"late"[..]));
+        drop(sender.await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_timeout_the_reader_waits_for_ever() {
+        let (_writer, mut reader) = one_way();
+        let wait = tokio::time::timeout(Duration::from_secs(3600), reader.next()).await;
+        assert!(wait.is_err(), "the read gave up on its own");
+    }
+
+    #[tokio::test]
+    async fn a_malformed_heartbeat_is_a_protocol_error() {
+        let (mut writer, mut reader) = one_way();
+        writer.send(kind::HEARTBEAT, b"\x00\x01").await.unwrap();
+        assert!(matches!(
+            reader.next().await,
+            Err(ProtocolError::Malformed(_))
+        ));
+    }
 }

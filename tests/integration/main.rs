@@ -24,6 +24,7 @@ mod hardening;
 mod hardening_faults;
 mod hardening_mitm;
 mod host_keys;
+mod liveness;
 mod manpages;
 mod ops;
 mod output_safety;

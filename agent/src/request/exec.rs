@@ -35,6 +35,8 @@ pub enum KillReason {
     Cancel(i32),
     /// The client went away or broke the protocol.
     ClientGone,
+    /// The client sent nothing, not even a heartbeat, for this long (its alive timeout).
+    ClientSilent(Duration),
     /// The agent is shutting down.
     Shutdown,
 }
@@ -80,9 +82,38 @@ pub enum ClientEvent {
         reason: String,
         /// The command's stdin, held open until the group is dead.
         stdin: Option<ChildStdin>,
-        /// Whether a frame failed to open: no SIGTERM handler gets to run then.
-        tampered: bool,
+        /// How it left.
+        how: Departure,
     },
+}
+
+/// How a client left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Departure {
+    /// It closed the connection, the connection failed, or it broke the protocol.
+    Closed,
+    /// A frame failed to open: no SIGTERM handler gets to run then.
+    Tampered,
+    /// It sent nothing for this long while the agent waited (see `rexec_shared::liveness`).
+    Silent(Duration),
+}
+
+impl Departure {
+    /// How a read of the client's stream that ended with `error` means the client left, with
+    /// the text for the log.
+    pub fn from_error(error: &ProtocolError) -> (String, Self) {
+        match error {
+            ProtocolError::Integrity => (format!("{error}"), Self::Tampered),
+            ProtocolError::PeerSilent(after) => (
+                format!(
+                    "client silent for {}s (no frame, no heartbeat): frozen, or the network to it is gone",
+                    after.as_secs_f64()
+                ),
+                Self::Silent(*after),
+            ),
+            _ => (format!("client connection failed: {error}"), Self::Closed),
+        }
+    }
 }
 
 /// Runs `req` and streams its output to the client; returns when the exchange is over.
@@ -187,6 +218,7 @@ enum PumpEvent {
     Stdout(io::Result<usize>),
     Stderr(io::Result<usize>),
     Quiet,
+    Heartbeat,
 }
 
 impl Pump {
@@ -216,6 +248,8 @@ impl Pump {
                 n = read_some(&mut self.stdout, &mut self.out_buf) => PumpEvent::Stdout(n),
                 n = read_some(&mut self.stderr, &mut self.err_buf) => PumpEvent::Stderr(n),
                 () = tokio::time::sleep(quiet.unwrap_or_default()), if quiet.is_some() => PumpEvent::Quiet,
+                // A quiet command still shows the client that the agent is there.
+                () = writer.heartbeat_due(), if self.sending => PumpEvent::Heartbeat,
             };
             if let (Some(_), PumpEvent::Stdout(Ok(n)) | PumpEvent::Stderr(Ok(n))) =
                 (exited_at, &event)
@@ -241,6 +275,11 @@ impl Pump {
                     }
                 }
                 PumpEvent::Quiet => break,
+                PumpEvent::Heartbeat => {
+                    if let Err(e) = writer.send_heartbeat().await {
+                        self.stop_sending(format!("sending a heartbeat failed: {e}"), events);
+                    }
+                }
             }
             if let Some(at) = exited_at {
                 if at.elapsed() >= self.drain.time || drained >= self.drain.max_bytes {
@@ -272,17 +311,21 @@ impl Pump {
             };
             match writer.send_in_place(kind, buf).await {
                 Ok(()) => self.bytes_out += n as u64,
-                Err(e) => {
-                    self.sending = false;
-                    let _ = events.try_send(ClientEvent::Gone {
-                        reason: format!("sending output failed: {e}"),
-                        stdin: None,
-                        tampered: false,
-                    });
-                }
+                Err(e) => self.stop_sending(format!("sending output failed: {e}"), events),
             }
         }
         false
+    }
+
+    /// The client can no longer be sent to: output is dropped from now on, and the watchdog
+    /// ends the command.
+    fn stop_sending(&mut self, reason: String, events: &mpsc::Sender<ClientEvent>) {
+        self.sending = false;
+        let _ = events.try_send(ClientEvent::Gone {
+            reason,
+            stdin: None,
+            how: Departure::Closed,
+        });
     }
 }
 
@@ -398,12 +441,11 @@ async fn forward_client<R: AsyncRead + Unpin>(
     events: mpsc::Sender<ClientEvent>,
     peer_closed: Box<dyn Fn() -> bool + Send + Sync>,
 ) {
-    let (reason, tampered) = loop {
+    let (reason, how) = loop {
         let msg = match reader.next_stream_msg().await {
             Ok(Some(msg)) => msg,
-            Ok(None) => break ("client closed the connection".to_owned(), false),
-            Err(e @ ProtocolError::Integrity) => break (format!("{e}"), true),
-            Err(e) => break (format!("client connection failed: {e}"), false),
+            Ok(None) => break ("client closed the connection".to_owned(), Departure::Closed),
+            Err(e) => break Departure::from_error(&e),
         };
         match msg {
             StreamMsg::Stdin(data) => {
@@ -413,7 +455,7 @@ async fn forward_client<R: AsyncRead + Unpin>(
                     // The command closed its stdin; further input has nowhere to go.
                     StdinWrite::Closed => stdin = None,
                     StdinWrite::PeerGone => {
-                        break ("client closed the connection".to_owned(), false)
+                        break ("client closed the connection".to_owned(), Departure::Closed)
                     }
                 }
             }
@@ -429,18 +471,12 @@ async fn forward_client<R: AsyncRead + Unpin>(
                         "protocol error: client sent frame kind 0x{:02x} during a command",
                         other.kind()
                     ),
-                    false,
+                    Departure::Closed,
                 );
             }
         }
     };
-    let _ = events
-        .send(ClientEvent::Gone {
-            reason,
-            stdin,
-            tampered,
-        })
-        .await;
+    let _ = events.send(ClientEvent::Gone { reason, stdin, how }).await;
 }
 
 /// How writing the client's input to the command went.
@@ -506,11 +542,16 @@ pub async fn watchdog(
         event = events.recv() => match event {
             Some(ClientEvent::Cancel(sig)) if (1..=64).contains(&sig) => (KillReason::Cancel(sig), sig),
             Some(ClientEvent::Cancel(_)) => (KillReason::Cancel(libc::SIGTERM), libc::SIGTERM),
-            Some(ClientEvent::Gone { reason, stdin, tampered }) => {
+            Some(ClientEvent::Gone { reason, stdin, how }) => {
                 tracing::debug!(leader = tree.leader(), "{reason}");
                 held_stdin = stdin;
-                // A tampered stream gets no chance to act on what it was fed: no SIGTERM handler.
-                (KillReason::ClientGone, if tampered { libc::SIGKILL } else { libc::SIGTERM })
+                match how {
+                    Departure::Closed => (KillReason::ClientGone, libc::SIGTERM),
+                    // A tampered stream gets no chance to act on what it was fed: no SIGTERM
+                    // handler.
+                    Departure::Tampered => (KillReason::ClientGone, libc::SIGKILL),
+                    Departure::Silent(after) => (KillReason::ClientSilent(after), libc::SIGTERM),
+                }
             }
             None => (KillReason::ClientGone, libc::SIGTERM),
         },

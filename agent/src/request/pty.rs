@@ -10,13 +10,14 @@ use std::time::{Duration, Instant};
 use rexec_shared::frame::HEADER_LEN;
 use rexec_shared::message::{kind, ExitStatus, PtyRequest, ServerMsg, StreamMsg};
 use rexec_shared::transport::{SealedReader, SealedWriter};
-use rexec_shared::ProtocolError;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::credentials::Credentials;
 use crate::process::{Child, Tree};
-use crate::request::exec::{self, ClientEvent, ExecContext, KillReason, Outcome, StdinWrite};
+use crate::request::exec::{
+    self, ClientEvent, Departure, ExecContext, KillReason, Outcome, StdinWrite,
+};
 use crate::tty::{self, Master, Pty, Size};
 
 /// The login shell a session without a command runs: the key's user's, else the agent's.
@@ -108,13 +109,24 @@ where
                         let _ = events_tx.try_send(ClientEvent::Gone {
                             reason: format!("sending output failed: {e}"),
                             stdin: None,
-                            tampered: false,
+                            how: Departure::Closed,
                         });
                     }
                 },
                 Ok(_) => {}
             },
             () = tokio::time::sleep(quiet.unwrap_or_default()), if quiet.is_some() => break,
+            // An idle terminal still shows the client that the agent is there.
+            () = writer.heartbeat_due(), if sending => {
+                if let Err(e) = writer.send_heartbeat().await {
+                    sending = false;
+                    let _ = events_tx.try_send(ClientEvent::Gone {
+                        reason: format!("sending a heartbeat failed: {e}"),
+                        stdin: None,
+                        how: Departure::Closed,
+                    });
+                }
+            }
         }
         if status.is_some() {
             drain_left = drain_left.saturating_sub(waiting_since.elapsed());
@@ -203,12 +215,11 @@ async fn forward_client<R: AsyncRead + Unpin>(
     events: mpsc::Sender<ClientEvent>,
     peer_closed: Box<dyn Fn() -> bool + Send + Sync>,
 ) {
-    let (reason, tampered) = loop {
+    let (reason, how) = loop {
         let msg = match reader.next_stream_msg().await {
             Ok(Some(msg)) => msg,
-            Ok(None) => break ("client closed the connection".to_owned(), false),
-            Err(e @ ProtocolError::Integrity) => break (format!("{e}"), true),
-            Err(e) => break (format!("client connection failed: {e}"), false),
+            Ok(None) => break ("client closed the connection".to_owned(), Departure::Closed),
+            Err(e) => break Departure::from_error(&e),
         };
         match msg {
             StreamMsg::Stdin(keys) => {
@@ -217,7 +228,7 @@ async fn forward_client<R: AsyncRead + Unpin>(
                     // The terminal is gone with its programs; the session is ending anyway.
                     StdinWrite::Closed => {}
                     StdinWrite::PeerGone => {
-                        break ("client closed the connection".to_owned(), false)
+                        break ("client closed the connection".to_owned(), Departure::Closed)
                     }
                 }
             }
@@ -242,7 +253,7 @@ async fn forward_client<R: AsyncRead + Unpin>(
                         "protocol error: client sent frame kind 0x{:02x} during a session",
                         other.kind()
                     ),
-                    false,
+                    Departure::Closed,
                 );
             }
         }
@@ -251,7 +262,7 @@ async fn forward_client<R: AsyncRead + Unpin>(
         .send(ClientEvent::Gone {
             reason,
             stdin: None,
-            tampered,
+            how,
         })
         .await;
 }

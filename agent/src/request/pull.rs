@@ -82,6 +82,10 @@ where
                 Ok(None) => "client went away in the middle of the transfer".into(),
                 Err(e) => format!("client connection failed: {e}"),
             }),
+            // A slow disk leaves the client without frames for a while.
+            () = writer.heartbeat_due() => if let Err(e) = writer.send_heartbeat().await {
+                break Err(format!("sending a heartbeat failed: {e}"));
+            },
             // Yields (), not the watch guard, which must not live across the awaits below.
             () = async { let _ = shutdown.wait_for(|stop| *stop).await; } => {
                 let _ = writer.send_server(&ServerMsg::Error("agent shutting down; the pull was not finished".into())).await;

@@ -172,6 +172,10 @@ where
                 Some(event) => seen.push(event),
                 None => break Err("the writer thread ended early".into()),
             },
+            // While files are written the client hears nothing else from us.
+            () = writer.heartbeat_due() => if let Err(e) = writer.send_heartbeat().await {
+                break Err(format!("sending a heartbeat failed: {e}"));
+            },
             // Yields (), not the watch guard, which must not live across the awaits below.
             () = async { let _ = shutdown.wait_for(|stop| *stop).await; } => {
                 let _ = writer.send_server(&ServerMsg::Error("agent shutting down; the file in progress was not written".into())).await;

@@ -49,6 +49,8 @@ pub async fn run(
     if let Err(e) = writer.send_request(&Request::Pull(request)).await {
         return Transfer::failed(remote::stream_failure(e));
     }
+    // ctl sends nothing else during a pull; the agent must still hear from it.
+    let beats = tokio::spawn(remote::keep_alive(writer));
     let mut seen = Vec::new();
     let mut local_failures = Vec::new();
     let verdict: Result<(), Failure> = loop {
@@ -89,6 +91,7 @@ pub async fn run(
             }
         }
     };
+    beats.abort();
     if let Err(failure) = verdict {
         // Dropping the writer discards the file in progress: nothing partial is left.
         drop(handle);

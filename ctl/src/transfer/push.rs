@@ -99,7 +99,19 @@ async fn send_all<W: tokio::io::AsyncWrite + Unpin>(
     writer: &mut rexec_shared::transport::SealedWriter<W>,
     mut events: mpsc::Receiver<Event>,
 ) -> Result<Option<TransferDone>, ProtocolError> {
-    while let Some(event) = events.recv().await {
+    loop {
+        let event = tokio::select! {
+            event = events.recv() => match event {
+                Some(event) => event,
+                None => return Ok(None),
+            },
+            // Waiting on a slower target's pace (the hub) or a slow local disk, the agent
+            // still hears from ctl.
+            () = writer.heartbeat_due() => {
+                writer.send_heartbeat().await?;
+                continue;
+            }
+        };
         match event {
             Event::Header(h) => writer.send_stream(&StreamMsg::FileHeader(h)).await?,
             // The body is the data itself: sealed straight from the shared chunk.
@@ -112,5 +124,4 @@ async fn send_all<W: tokio::io::AsyncWrite + Unpin>(
             }
         }
     }
-    Ok(None)
 }
