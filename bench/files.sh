@@ -90,8 +90,11 @@ head -c $((MIB * 1024 * 1024)) /dev/urandom >"$SRC"
 
 "$BIN/ctl" keygen --id bench -o "$TMP/key" 2>/dev/null
 export CTL_KEY_FILE=$TMP/key
+# The agent is reached as 127.0.0.1 and as 127.1.0.1-8: one enrolled line for each name.
+{ echo 127.0.0.1; for i in $(seq 8); do echo "127.1.0.$i"; done; } >"$TMP/agent-names"
+(umask 077; "$BIN/ctl" enroll --hosts-file "$TMP/agent-names" >"$TMP/agent-keys")
 APORT=$(free_port)
-"$BIN/agent" --key-file "$TMP/key" --listen "0.0.0.0:$APORT" 2>"$TMP/agent.log" &
+"$BIN/agent" --key-file "$TMP/agent-keys" --listen "0.0.0.0:$APORT" 2>"$TMP/agent.log" &
 PIDS+=($!)
 wait_for_line "$TMP/agent.log" listening
 

@@ -329,7 +329,9 @@ def main():
     w(f"`head -c {args.bytes} /dev/zero` on the remote side, its stdout to /dev/null on ours.")
     w(f"ssh's default cipher here is {machine.get('ssh_cipher', '?')}; ours is AES-256-GCM (ring).")
     w("")
-    table([("bulk_ctl", "**ctl exec** (ours)"), ("bulk_ssh", "ssh, default cipher"),
+    table([("bulk_ctl", "**ctl exec** (ours)"),
+           ("bulk_ctl_nolive", "ctl exec with liveness off (`--alive-timeout 0`, both sides)"),
+           ("bulk_ssh", "ssh, default cipher"),
            ("bulk_ssh_aes128gcm", "ssh -c aes128-gcm@openssh.com"),
            ("bulk_local", f"local pipe floor: `head ... \\| cat`")], "bulk_ctl",
           unit_extra=lambda x: args.bytes / x["median"] / 1e6)

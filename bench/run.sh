@@ -354,6 +354,16 @@ for check in "$CTL exec -n 127.0.0.1:$APORT '$HEAD'" "$SSHC -n 127.0.0.1 '$HEAD'
     [ "$got" = "$BYTES" ] || die "$check delivered $got bytes, not $BYTES"
 done
 bench bulk_ctl "$RUNS_SLOW" 1 "$CTL exec -n 127.0.0.1:$APORT '$HEAD'"
+# The heartbeat's cost: the same stream with liveness off on both sides (one announcing
+# heartbeat each way, none after), from a second agent started for it.
+NPORT=$(free_port)
+"$BIN/agent" --key-file "$TMP/agent-keys" --listen "127.0.0.1:$NPORT" --alive-timeout 0 \
+    2>"$TMP/agent-nolive.log" &
+NOLIVE_PID=$!
+PIDS+=($NOLIVE_PID)
+wait_for_line "$TMP/agent-nolive.log" listening
+bench bulk_ctl_nolive "$RUNS_SLOW" 1 "$CTL exec --alive-timeout 0 -n 127.0.0.1:$NPORT '$HEAD'"
+stop "$NOLIVE_PID"
 bench bulk_ssh "$RUNS_SLOW" 1 "$SSHC -n 127.0.0.1 '$HEAD'"
 bench bulk_ssh_aes128gcm "$RUNS_SLOW" 1 "$SSHC -c aes128-gcm@openssh.com -n 127.0.0.1 '$HEAD'"
 bench bulk_local "$RUNS_SLOW" 1 "sh -c '$HEAD | cat'"

@@ -46,7 +46,9 @@ free_port() {
 PORTS=()
 for i in $(seq "$AGENTS"); do
     port=$(free_port)
-    "$BIN/agent" --key-file "$TMP/key" --listen "0.0.0.0:$port" \
+    # Agent i is enrolled for the one name scale<i>; the hosts file names it for its targets.
+    (umask 077; "$BIN/ctl" enroll --key-file "$TMP/key" "scale$i" >"$TMP/agent$i.keys")
+    "$BIN/agent" --key-file "$TMP/agent$i.keys" --listen "0.0.0.0:$port" \
         --max-connections 4096 --max-unauthenticated 1024 2>"$TMP/agent$i.log" &
     PIDS+=($!)
     for _ in $(seq 100); do
@@ -67,7 +69,8 @@ import sys
 n, ports = int(sys.argv[1]), sys.argv[2:]
 for i in range(n):
     x, y, z = (i // 62500) % 250 + 1, (i // 250) % 250, i % 250 + 1
-    print(f"127.{x}.{y}.{z}:{ports[i % len(ports)]}")
+    a = i % len(ports)
+    print(f"127.{x}.{y}.{z}:{ports[a]} scale{a + 1}")
 PY
     status=0
     /usr/bin/time -v -o "$TMP/time" "$BIN/ctl" exec --key-file "$TMP/key" \

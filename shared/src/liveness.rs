@@ -9,9 +9,10 @@
 //! side running it, so it is never cut.
 //!
 //! The two sides may have different timeouts, so each heartbeat carries its sender's: the
-//! receiver then sends its own often enough for that timeout (a quarter of it). The first
-//! heartbeat goes out as soon as the request is sent or received, so each side learns the
-//! other's timeout within one round trip.
+//! receiver then sends its own often enough for that timeout (a quarter of it). Until a side
+//! knows its peer's timeout, and until it has told its own, it sends one after a quarter second
+//! of silence (a quarter of the smallest timeout allowed), so an exchange that is over sooner,
+//! like most commands, carries no heartbeat at all.
 //!
 //! This module is pure (no I/O, no clock of its own): the heartbeat body and the schedule.
 //! [`crate::transport`] applies them to the sockets.
@@ -98,12 +99,15 @@ pub fn interval(peer: PeerTimeout) -> Option<Duration> {
 
 /// How long from now until the next heartbeat is due, this side having sent nothing for
 /// `silent_for`; `None` when none is due ever. Until this side has `announced` its timeout in a
-/// first heartbeat, one is due at once.
+/// heartbeat, one is due after [`UNTIL_KNOWN`] of silence whatever the peer said, so that the
+/// peer learns it; an exchange that ends sooner carries none.
 pub fn next_due(announced: bool, silent_for: Duration, peer: PeerTimeout) -> Option<Duration> {
-    if !announced {
-        return Some(Duration::ZERO);
-    }
-    interval(peer).map(|every| every.saturating_sub(silent_for))
+    let every = if announced {
+        interval(peer)?
+    } else {
+        interval(peer).map_or(UNTIL_KNOWN, |every| every.min(UNTIL_KNOWN))
+    };
+    Some(every.saturating_sub(silent_for))
 }
 
 #[cfg(test)]
@@ -160,12 +164,15 @@ mod tests {
     }
 
     #[test]
-    fn the_first_heartbeat_is_due_at_once_and_later_ones_after_the_silence() {
+    fn the_first_heartbeat_is_due_after_a_quarter_second_and_later_ones_at_the_peers_pace() {
         let peer = PeerTimeout::After(Duration::from_secs(4));
         let ms = Duration::from_millis;
-        assert_eq!(next_due(false, ms(0), peer), Some(Duration::ZERO));
+        // Not yet announced: due after a quarter second of silence, even to a peer that
+        // never gives up, which needs to learn this side's timeout.
+        assert_eq!(next_due(false, ms(0), peer), Some(UNTIL_KNOWN));
+        assert_eq!(next_due(false, ms(100), PeerTimeout::Never), Some(ms(150)));
         assert_eq!(
-            next_due(false, ms(0), PeerTimeout::Never),
+            next_due(false, ms(300), PeerTimeout::Unknown),
             Some(Duration::ZERO)
         );
         assert_eq!(next_due(true, ms(400), peer), Some(ms(600)));

@@ -333,8 +333,8 @@ impl<W: AsyncWrite + Unpin> SealedWriter<W> {
         Ok(())
     }
 
-    /// Resolves when this side has been silent long enough that it owes the peer a heartbeat
-    /// (at once if it has not sent its first); never if the peer needs none. Cancel-safe:
+    /// Resolves when this side has been silent long enough that it owes the peer a heartbeat;
+    /// never if the peer needs none. Cancel-safe:
     /// exchanges poll it in their `select!` next to their own work.
     pub async fn heartbeat_due(&self) {
         let silent = self.last_sent.elapsed();

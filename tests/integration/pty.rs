@@ -131,6 +131,48 @@ fn the_terminal_modes_come_back_when_the_agent_is_killed_mid_session() {
 }
 
 #[test]
+fn a_frozen_agent_ends_the_session_with_255_and_the_terminal_restored() {
+    let agent = Agent::start();
+    let mut term = session(
+        &agent,
+        &["--alive-timeout", "2"],
+        Some("echo pid=$$; exec sleep 600"),
+    );
+    let before = term.modes();
+    let pid = remote_pid(&mut term, "sleep");
+    agent.signal(libc::SIGSTOP);
+    let status = term.wait_exit(WAIT);
+    agent.signal(libc::SIGCONT);
+    assert_eq!(status.code(), Some(255), "{}", term.screen());
+    assert!(
+        term.screen()
+            .contains("no sign of life from the agent for 2s"),
+        "{}",
+        term.screen()
+    );
+    assert_eq!(term.modes(), before);
+    // Thawed, the agent finds the client gone and ends the session's tree.
+    assert!(eventually(WAIT, || !std::path::Path::new(&format!(
+        "/proc/{pid}"
+    ))
+    .exists()));
+}
+
+#[test]
+fn an_idle_session_outlives_many_alive_timeouts() {
+    // Nobody types, nothing is shown: the heartbeats alone keep both sides content.
+    let agent = Agent::start_with(&["--alive-timeout", "1"]);
+    let mut term = session(
+        &agent,
+        &["--alive-timeout", "1"],
+        Some("sleep 4; echo still-here"),
+    );
+    term.wait_for("still-here", WAIT);
+    let status = term.wait_exit(WAIT);
+    assert_eq!(status.code(), Some(0), "{}", term.screen());
+}
+
+#[test]
 fn sigterm_to_ctl_ends_the_session_and_restores_the_terminal() {
     let agent = Agent::start();
     let tag = marker("pty-term");

@@ -296,12 +296,21 @@ impl Authed {
     }
 
     /// The next message from the agent, opened and decoded into an owned form.
+    /// Heartbeats are opened (they count in the frame sequence) and skipped, as a client's
+    /// transport does.
     pub fn recv(&mut self) -> Result<Option<OwnedServerMsg>, ProtocolError> {
-        let Some((kind, mut payload, raw)) = self.conn.read_frame(MAX_FRAME_LEN)? else {
-            return Ok(None);
+        let (kind, mut payload) = loop {
+            let Some((kind, mut payload, raw)) = self.conn.read_frame(MAX_FRAME_LEN)? else {
+                return Ok(None);
+            };
+            let header: [u8; HEADER_LEN] = raw[..HEADER_LEN].try_into().expect("header");
+            let plain_len = self.opener.open(header, &mut payload)?.len();
+            if kind != rexec_shared::message::kind::HEARTBEAT {
+                payload.truncate(plain_len);
+                break (kind, payload);
+            }
         };
-        let header: [u8; HEADER_LEN] = raw[..HEADER_LEN].try_into().expect("header");
-        let plain = self.opener.open(header, &mut payload)?;
+        let plain = &mut payload[..];
         Ok(Some(match ServerMsg::decode(kind, plain)? {
             ServerMsg::Stdout(d) => OwnedServerMsg::Stdout(d.to_vec()),
             ServerMsg::Stderr(d) => OwnedServerMsg::Stderr(d.to_vec()),
