@@ -542,3 +542,86 @@ fn timeout_bounds_a_target_that_stops_answering() {
     run.expect_code(124);
     assert!(run.err().contains("timed out"), "{run}");
 }
+
+/// A sparse file of `len` bytes: long to send, cheap to make.
+fn sparse(path: &Path, len: u64) {
+    std::fs::File::create(path).unwrap().set_len(len).unwrap();
+}
+
+/// Entries of `dir` other than `keep`: what a cut transfer might have left behind.
+fn leftovers(dir: &Path, keep: &[&str]) -> Vec<String> {
+    names(dir)
+        .into_iter()
+        .filter(|n| !keep.contains(&n.as_str()))
+        .collect()
+}
+
+#[test]
+fn a_pull_from_an_agent_frozen_mid_transfer_ends_with_255_and_nothing_partial() {
+    let agent = Agent::start_with(&["--log-level", "debug"]);
+    let remote = scratch();
+    let src = remote.path().join("big");
+    sparse(&src, 1 << 30);
+    let local = scratch();
+    let mut child = crate::util::KillOnDrop(
+        copy(
+            "pull",
+            &agent,
+            &[
+                "--alive-timeout",
+                "2",
+                &agent.target(),
+                s(&src),
+                s(local.path()),
+            ],
+        )
+        .spawn(),
+    );
+    agent.wait_for_log("authenticated", crate::exec::WAIT);
+    agent.signal(libc::SIGSTOP);
+    let status = child.wait_within(crate::exec::WAIT, "ctl pulling from a frozen agent");
+    agent.signal(libc::SIGCONT);
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(255), "{err}");
+    assert!(
+        err.contains("no sign of life from the agent for 2s"),
+        "{err}"
+    );
+    assert_eq!(leftovers(local.path(), &[]), Vec::<String>::new(), "{err}");
+}
+
+#[test]
+fn a_push_from_a_ctl_frozen_mid_transfer_is_ended_by_the_agent_and_leaves_nothing() {
+    let agent = Agent::start_with(&["--log-level", "debug", "--alive-timeout", "2"]);
+    let local = scratch();
+    let src = local.path().join("big");
+    sparse(&src, 1 << 30);
+    let remote = scratch();
+    std::fs::write(remote.path().join("keep"), b"old").unwrap();
+    let mut child = crate::util::KillOnDrop(
+        copy(
+            "push",
+            &agent,
+            &[&agent.target(), s(&src), s(remote.path())],
+        )
+        .spawn(),
+    );
+    agent.wait_for_log("authenticated", crate::exec::WAIT);
+    child.signal(libc::SIGSTOP);
+    let log = agent.wait_for_log("transfer finished", crate::exec::WAIT);
+    child.signal(libc::SIGCONT);
+    let record = log
+        .lines()
+        .find(|l| l.contains("transfer finished"))
+        .unwrap_or_default();
+    assert!(
+        record.contains("no sign of life"),
+        "the audit says why the push ended: {record}"
+    );
+    assert_eq!(
+        leftovers(remote.path(), &["keep"]),
+        Vec::<String>::new(),
+        "nothing half-written"
+    );
+}
