@@ -599,7 +599,7 @@ fn a_push_from_a_ctl_frozen_mid_transfer_is_ended_by_the_agent_and_leaves_nothin
     sparse(&src, 1 << 30);
     let remote = scratch();
     std::fs::write(remote.path().join("keep"), b"old").unwrap();
-    let mut child = crate::util::KillOnDrop(
+    let child = crate::util::KillOnDrop(
         copy(
             "push",
             &agent,
