@@ -18,6 +18,7 @@ pub trait Output {
 pub struct Passthrough {
     stdout: ManuallyDrop<File>,
     stderr: ManuallyDrop<File>,
+    kinds: [Sink; 2],
 }
 
 impl Passthrough {
@@ -29,18 +30,90 @@ impl Passthrough {
             Self {
                 stdout: ManuallyDrop::new(File::from_raw_fd(1)),
                 stderr: ManuallyDrop::new(File::from_raw_fd(2)),
+                kinds: [Sink::of(1), Sink::of(2)],
             }
         }
+    }
+
+    /// Whether writing `len` bytes to stdout (`fd` 1) or stderr (2) may stall.
+    pub fn may_stall(&self, fd: i32, len: usize) -> bool {
+        self.kinds[usize::from(fd == 2)].may_stall(fd, len)
     }
 }
 
 impl Output for Passthrough {
     fn stdout(&mut self, data: &[u8]) -> io::Result<()> {
-        write_all(&mut self.stdout, data)
+        let stall = self.may_stall(1, data.len());
+        off_runtime(stall, || write_all(&mut self.stdout, data))
     }
 
     fn stderr(&mut self, data: &[u8]) -> io::Result<()> {
-        write_all(&mut self.stderr, data)
+        let stall = self.may_stall(2, data.len());
+        off_runtime(stall, || write_all(&mut self.stderr, data))
+    }
+}
+
+/// What ctl's stdout or stderr is, as far as a write to it can stall.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sink {
+    /// A file, a disk or `/dev/null`: a write finishes.
+    Finishes,
+    /// A pipe: a write stalls when it does not fit in what the pipe has free (a paused
+    /// `| less`).
+    Pipe,
+    /// A terminal (flow control, a slow screen), a socket, or unknown.
+    MayStall,
+}
+
+impl Sink {
+    /// What `fd` is.
+    pub fn of(fd: i32) -> Self {
+        // SAFETY: a zeroed stat filled by fstat; a closed descriptor only makes it fail.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstat(fd, &mut st) } != 0 {
+            return Self::MayStall;
+        }
+        match st.st_mode & libc::S_IFMT {
+            libc::S_IFREG | libc::S_IFBLK => Self::Finishes,
+            // SAFETY: isatty only looks at the descriptor.
+            libc::S_IFCHR if unsafe { libc::isatty(fd) } == 0 => Self::Finishes,
+            libc::S_IFIFO => Self::Pipe,
+            _ => Self::MayStall,
+        }
+    }
+
+    /// Whether writing `len` bytes to `fd`, of this kind, may stall.
+    pub fn may_stall(self, fd: i32, len: usize) -> bool {
+        match self {
+            Self::Finishes => false,
+            Self::MayStall => true,
+            Self::Pipe => {
+                let mut queued: libc::c_int = 0;
+                // SAFETY: F_GETPIPE_SZ takes no argument; FIONREAD writes one int.
+                let size = unsafe { libc::fcntl(fd, libc::F_GETPIPE_SZ) };
+                let read = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut queued) };
+                if size < 0 || read != 0 {
+                    return true;
+                }
+                let free = usize::try_from(size - queued.max(0)).unwrap_or(0);
+                len > free
+            }
+        }
+    }
+}
+
+/// Runs a write that may stall (`stall`) without stalling the async runtime: on a worker of
+/// the multi-thread runtime it runs under `block_in_place`, so the other tasks, and the timers
+/// that send heartbeats, go on while ctl waits for a paused `| less`. Writes that cannot stall
+/// skip the hand-over, which costs some microseconds.
+pub fn off_runtime<T>(stall: bool, write: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    let threaded =
+        Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
+    if stall && threaded {
+        tokio::task::block_in_place(write)
+    } else {
+        write()
     }
 }
 

@@ -54,6 +54,8 @@ pub struct FrameReader<R> {
     inner: R,
     buf: Vec<u8>,
     pos: usize,
+    /// When bytes last arrived: a big frame coming slowly is a live peer too.
+    last_bytes: Option<Instant>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -63,6 +65,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             inner,
             buf: Vec::new(),
             pos: 0,
+            last_bytes: None,
         }
     }
 
@@ -97,6 +100,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             }
             self.buf.reserve(wanted.clamp(MIN_READ, MAX_READ));
             let n = self.inner.read_buf(&mut self.buf).await?;
+            if n > 0 {
+                self.last_bytes = Some(Instant::now());
+            }
             if n == 0 {
                 return if self.buf.is_empty() {
                     Ok(None)
@@ -211,16 +217,30 @@ impl<R: AsyncRead + Unpin> SealedReader<R> {
     pub async fn next(&mut self) -> Result<Option<(u8, &mut [u8])>, ProtocolError> {
         let mut since = *self.waiting_since.get_or_insert_with(Instant::now);
         loop {
-            let read = self.frames.next_span(MAX_FRAME_LEN);
-            // The read is polled before the deadline, so frames already buffered are taken
-            // even when the deadline has passed.
             let span = match self.pulse.own() {
-                None => read.await,
-                Some(timeout) => match tokio::time::timeout_at(since + timeout, read).await {
-                    Ok(span) => span,
-                    Err(_) => {
-                        self.waiting_since = None;
-                        return Err(ProtocolError::PeerSilent(timeout));
+                None => self.frames.next_span(MAX_FRAME_LEN).await,
+                Some(timeout) => loop {
+                    // A deadline past what the clock can hold is no deadline.
+                    let Some(deadline) = since.checked_add(timeout) else {
+                        break self.frames.next_span(MAX_FRAME_LEN).await;
+                    };
+                    // The read is polled before the deadline, so frames already buffered are
+                    // taken even when the deadline has passed.
+                    let read = self.frames.next_span(MAX_FRAME_LEN);
+                    if let Ok(span) = tokio::time::timeout_at(deadline, read).await {
+                        break span;
+                    }
+                    // Part of a frame arrived meanwhile: the peer is there, its frame is big
+                    // or its link slow. The wait starts again from those bytes.
+                    match self.frames.last_bytes {
+                        Some(at) if at > since => {
+                            since = at;
+                            self.waiting_since = Some(since);
+                        }
+                        _ => {
+                            self.waiting_since = None;
+                            return Err(ProtocolError::PeerSilent(timeout));
+                        }
                     }
                 },
             };
@@ -279,7 +299,8 @@ pub struct RequestReader<R> {
 }
 
 impl<R: AsyncRead + Unpin> RequestReader<R> {
-    /// See [`SealedReader::set_alive_timeout`]; it applies once the request is in.
+    /// See [`SealedReader::set_alive_timeout`]; it applies to the wait for the request too
+    /// (within the deadline the caller sets for that), and to everything after it.
     pub fn set_alive_timeout(&mut self, timeout: Option<Duration>) {
         self.inner.set_alive_timeout(timeout);
     }
@@ -341,6 +362,21 @@ impl<W: AsyncWrite + Unpin> SealedWriter<W> {
         match liveness::next_due(self.announced, silent, self.pulse.peer()) {
             Some(wait) => tokio::time::sleep(wait).await,
             None => std::future::pending().await,
+        }
+    }
+
+    /// Awaits `work` (something that keeps this side from sending, like a slow disk) while
+    /// sending the heartbeats that fall due meanwhile.
+    pub async fn beating<F: std::future::Future>(
+        &mut self,
+        work: F,
+    ) -> Result<F::Output, ProtocolError> {
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                done = &mut work => return Ok(done),
+                () = self.heartbeat_due() => self.send_heartbeat().await?,
+            }
         }
     }
 
@@ -704,6 +740,41 @@ mod tests {
         let (k, body) = reader.next().await.unwrap().unwrap();
         assert_eq!((k, &*body), (kind::STDOUT, &b"late"[..]));
         drop(sender.await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_big_frame_arriving_slowly_is_not_silence() {
+        // 256 KiB at 8 KiB/s: 32 s for one frame against a 3 s timeout. Each piece is life.
+        let keys = DirectionKeys {
+            key: [7; 32],
+            iv: [9; 12],
+        };
+        let mut wire = Vec::new();
+        Sealer::new(&keys)
+            .seal(kind::STDOUT, &vec![5u8; 256 * 1024], &mut wire)
+            .unwrap();
+        let (mut a, b) = tokio::io::duplex(1 << 20);
+        let (read, _) = tokio::io::split(b);
+        let mut reader = SealedReader::new(FrameReader::new(read), Opener::new(&keys));
+        reader.set_alive_timeout(Some(Duration::from_secs(3)));
+        let sender = tokio::spawn(async move {
+            for piece in wire.chunks(8 * 1024) {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                a.write_all(piece).await.unwrap();
+            }
+            a
+        });
+        let (k, body) = reader.next().await.unwrap().unwrap();
+        assert_eq!((k, body.len()), (kind::STDOUT, 256 * 1024));
+        drop(sender.await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timeout_beyond_the_clock_is_no_timeout() {
+        let (_writer, mut reader) = one_way();
+        reader.set_alive_timeout(Some(Duration::from_secs(u64::MAX / 4)));
+        let wait = tokio::time::timeout(Duration::from_secs(3600), reader.next()).await;
+        assert!(wait.is_err(), "the read gave up on its own");
     }
 
     #[tokio::test(start_paused = true)]

@@ -328,3 +328,69 @@ fn a_partition_is_noticed_on_both_sides_and_the_command_tree_ended() {
     drop(agent);
     drop(net);
 }
+
+/// Runs `ctl ARGS` with its stdout into a pipe nobody reads for `pause`, then counted; returns
+/// ctl's status and the count.
+fn behind_a_paused_reader(args: &[&str], pause: Duration) -> (std::process::ExitStatus, String) {
+    let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
+    let script = format!(
+        "{ctl} {args} | (sleep {secs}; wc -c); exit ${{PIPESTATUS:-0}}",
+        ctl = bin("ctl").display(),
+        args = quoted.join(" "),
+        secs = pause.as_secs(),
+    );
+    let mut child = KillOnDrop(
+        Command::new("bash")
+            .args(["-c", &format!("set -o pipefail; {script}")])
+            .env_remove("CTL_KEY_FILE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn the pipeline"),
+    );
+    let out = reader(child.stdout.take().unwrap());
+    let status = child.wait_within(BOUND + pause, "ctl behind a paused reader");
+    let count = String::from_utf8_lossy(&out.join().unwrap())
+        .trim()
+        .to_owned();
+    (status, count)
+}
+
+#[test]
+fn a_paused_reader_of_ctls_output_is_not_silence() {
+    // `ctl ... | less`, and the user reads for a while: ctl is stuck writing to its stdout,
+    // yet its heartbeats go on, so the agent keeps the command.
+    let agent = Agent::start_with(&["--alive-timeout", "1"]);
+    let key = agent.key_file.to_str().unwrap().to_owned();
+    let target = agent.target();
+    let bytes = "head -c 20000000 /dev/zero";
+    let (status, count) = behind_a_paused_reader(
+        &["exec", "--key-file", &key, &target, bytes],
+        Duration::from_secs(5),
+    );
+    assert!(status.success(), "{status:?}; agent log:\n{}", agent.log());
+    assert_eq!(count, "20000000");
+    // Many targets share one console lock; a stalled writer holds it.
+    let other = format!("localhost:{}", agent.addr.port());
+    let (status, count) = behind_a_paused_reader(
+        &[
+            "exec",
+            "--key-file",
+            &key,
+            "-H",
+            &format!("{target},{other}"),
+            bytes,
+        ],
+        Duration::from_secs(5),
+    );
+    assert!(status.success(), "{status:?}; agent log:\n{}", agent.log());
+    // Prefixed lines of NULs: each target's 20 MB are one line, plus its prefix.
+    let count: usize = count.parse().unwrap();
+    assert!(count > 40_000_000, "{count}");
+    assert!(
+        !agent.log().contains("client silent"),
+        "the agent gave up on a live client:\n{}",
+        agent.log()
+    );
+}

@@ -139,10 +139,12 @@ where
         }
     };
     let (events_tx, events_rx) = mpsc::channel(4);
+    let (gone_tx, mut gone) = watch::channel(false);
     let reader_task = tokio::spawn(forward_client(
         reader,
         child.stdin.take(),
         events_tx.clone(),
+        gone_tx,
         ctx.peer_closed,
     ));
     let (exited_tx, exited_rx) = oneshot::channel();
@@ -164,14 +166,15 @@ where
         sending: true,
         bytes_out: 0,
         drain: ctx.drain,
+        gone: gone.clone(),
     };
     let status = pump
         .run(&mut child, &mut writer, exited_tx, &events_tx)
         .await;
     outcome.bytes_out = pump.bytes_out;
-    reader_task.abort();
     // The pump has told the watchdog that the command exited, so it has decided by now.
     let kill = watchdog.await.ok().flatten();
+    let mut exit_sent = false;
     outcome.killed = kill.as_ref().map(|k| k.reason);
     match status {
         Ok(status) => {
@@ -182,15 +185,28 @@ where
             };
             outcome.status = Some(status);
             if pump.sending {
-                let sent = writer.send_server(&ServerMsg::Exit(status)).await;
-                if let Err(e) = sent.and(writer.shutdown().await) {
-                    outcome.error = Some(format!("could not send the exit status: {e}"));
+                let sent = until_gone(&mut gone, async {
+                    writer.send_server(&ServerMsg::Exit(status)).await?;
+                    writer.shutdown().await
+                })
+                .await;
+                match sent {
+                    Ok(()) => exit_sent = true,
+                    Err(e) => outcome.error = Some(format!("could not send the exit status: {e}")),
                 }
             }
         }
         Err(e) => outcome.error = Some(format!("could not wait for the command: {e}")),
     }
     outcome.duration = started.elapsed();
+    if exit_sent {
+        // The client may still be reading what was sent (its output paused) while its
+        // heartbeats arrive: closing with those unread would reset the connection and lose the
+        // rest. So the reader goes on until the client closes, or falls silent.
+        let _ = reader_task.await;
+    } else {
+        reader_task.abort();
+    }
     if !pump.sending && outcome.error.is_none() {
         outcome.error = Some("client went away before the command ended".into());
     }
@@ -211,6 +227,8 @@ struct Pump {
     sending: bool,
     bytes_out: u64,
     drain: Drain,
+    /// Becomes true when the client's reader finds it gone or silent.
+    gone: watch::Receiver<bool>,
 }
 
 enum PumpEvent {
@@ -276,7 +294,7 @@ impl Pump {
                 }
                 PumpEvent::Quiet => break,
                 PumpEvent::Heartbeat => {
-                    if let Err(e) = writer.send_heartbeat().await {
+                    if let Err(e) = until_gone(&mut self.gone, writer.send_heartbeat()).await {
                         self.stop_sending(format!("sending a heartbeat failed: {e}"), events);
                     }
                 }
@@ -309,7 +327,7 @@ impl Pump {
             } else {
                 &mut self.err_buf
             };
-            match writer.send_in_place(kind, buf).await {
+            match until_gone(&mut self.gone, writer.send_in_place(kind, buf)).await {
                 Ok(()) => self.bytes_out += n as u64,
                 Err(e) => self.stop_sending(format!("sending output failed: {e}"), events),
             }
@@ -326,6 +344,20 @@ impl Pump {
             stdin: None,
             how: Departure::Closed,
         });
+    }
+}
+
+/// Runs `send` to the client unless the client's reader finds it gone (or silent) first. A
+/// frozen client's kernel keeps its window shut, so without this a send to it would never
+/// return, and neither would the exchange or its audit record.
+pub async fn until_gone<T>(
+    gone: &mut watch::Receiver<bool>,
+    send: impl std::future::Future<Output = Result<T, ProtocolError>>,
+) -> Result<T, String> {
+    tokio::select! {
+        sent = send => sent.map_err(|e| e.to_string()),
+        // A closed channel means the reader ended, which it does only when the client left.
+        _ = gone.wait_for(|gone| *gone) => Err("the client is gone".to_owned()),
     }
 }
 
@@ -439,6 +471,7 @@ async fn forward_client<R: AsyncRead + Unpin>(
     mut reader: SealedReader<R>,
     mut stdin: Option<ChildStdin>,
     events: mpsc::Sender<ClientEvent>,
+    gone: watch::Sender<bool>,
     peer_closed: Box<dyn Fn() -> bool + Send + Sync>,
 ) {
     let (reason, how) = loop {
@@ -476,6 +509,7 @@ async fn forward_client<R: AsyncRead + Unpin>(
             }
         }
     };
+    let _ = gone.send(true);
     let _ = events.send(ClientEvent::Gone { reason, stdin, how }).await;
 }
 

@@ -11,7 +11,7 @@ use rexec_shared::frame::HEADER_LEN;
 use rexec_shared::message::{kind, ExitStatus, PtyRequest, ServerMsg, StreamMsg};
 use rexec_shared::transport::{SealedReader, SealedWriter};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::credentials::Credentials;
 use crate::process::{Child, Tree};
@@ -60,10 +60,12 @@ where
     };
     let master = Arc::new(master);
     let (events_tx, events_rx) = mpsc::channel(4);
+    let (gone_tx, mut gone) = watch::channel(false);
     let reader_task = tokio::spawn(forward_client(
         reader,
         master.clone(),
         events_tx.clone(),
+        gone_tx,
         ctx.peer_closed,
     ));
     let (exited_tx, exited_rx) = oneshot::channel();
@@ -102,7 +104,7 @@ where
             }
             n = master.read_buf(&mut buf), if open => match n {
                 Ok(0) | Err(_) => open = false,
-                Ok(n) if sending => match writer.send_in_place(kind::STDOUT, &mut buf).await {
+                Ok(n) if sending => match exec::until_gone(&mut gone, writer.send_in_place(kind::STDOUT, &mut buf)).await {
                     Ok(()) => outcome.bytes_out += n as u64,
                     Err(e) => {
                         sending = false;
@@ -118,7 +120,7 @@ where
             () = tokio::time::sleep(quiet.unwrap_or_default()), if quiet.is_some() => break,
             // An idle terminal still shows the client that the agent is there.
             () = writer.heartbeat_due(), if sending => {
-                if let Err(e) = writer.send_heartbeat().await {
+                if let Err(e) = exec::until_gone(&mut gone, writer.send_heartbeat()).await {
                     sending = false;
                     let _ = events_tx.try_send(ClientEvent::Gone {
                         reason: format!("sending a heartbeat failed: {e}"),
@@ -135,9 +137,9 @@ where
             }
         }
     }
-    reader_task.abort();
     // The loop told the watchdog that the command exited, so it has decided by now.
     let kill = watchdog.await.ok().flatten();
+    let mut exit_sent = false;
     outcome.killed = kill.as_ref().map(|k| k.reason);
     match status {
         Some(Ok(status)) => {
@@ -149,9 +151,14 @@ where
             };
             outcome.status = Some(status);
             if sending {
-                let sent = writer.send_server(&ServerMsg::Exit(status)).await;
-                if let Err(e) = sent.and(writer.shutdown().await) {
-                    outcome.error = Some(format!("could not send the exit status: {e}"));
+                let sent = exec::until_gone(&mut gone, async {
+                    writer.send_server(&ServerMsg::Exit(status)).await?;
+                    writer.shutdown().await
+                })
+                .await;
+                match sent {
+                    Ok(()) => exit_sent = true,
+                    Err(e) => outcome.error = Some(format!("could not send the exit status: {e}")),
                 }
             }
         }
@@ -159,6 +166,14 @@ where
         None => outcome.error = Some("command status lost".into()),
     }
     outcome.duration = started.elapsed();
+    if exit_sent {
+        // The client may still be reading what was sent (its output paused) while its
+        // heartbeats arrive: closing with those unread would reset the connection and lose the
+        // rest. So the reader goes on until the client closes, or falls silent.
+        let _ = reader_task.await;
+    } else {
+        reader_task.abort();
+    }
     if !sending && outcome.error.is_none() {
         outcome.error = Some("client went away before the command ended".into());
     }
@@ -213,6 +228,7 @@ async fn forward_client<R: AsyncRead + Unpin>(
     mut reader: SealedReader<R>,
     master: Arc<Master>,
     events: mpsc::Sender<ClientEvent>,
+    gone: watch::Sender<bool>,
     peer_closed: Box<dyn Fn() -> bool + Send + Sync>,
 ) {
     let (reason, how) = loop {
@@ -258,6 +274,7 @@ async fn forward_client<R: AsyncRead + Unpin>(
             }
         }
     };
+    let _ = gone.send(true);
     let _ = events
         .send(ClientEvent::Gone {
             reason,

@@ -19,6 +19,14 @@ use crate::credentials::Credentials;
 
 use super::push::Outcome;
 
+/// What the pull loop does next.
+enum Step {
+    /// Send what the reader thread produced.
+    Send(Event),
+    /// Tell the client the agent is still there.
+    Heartbeat,
+}
+
 /// Serves one pull; returns when the exchange is over.
 pub async fn run<R, W>(
     req: PullRequest,
@@ -28,7 +36,7 @@ pub async fn run<R, W>(
     user: Option<Credentials>,
 ) -> Outcome
 where
-    R: AsyncRead + Unpin,
+    R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin,
 {
     let started = Instant::now();
@@ -51,53 +59,88 @@ where
             return outcome;
         }
     };
+    // The client sends nothing after its request: anything else, its end or its silence stops
+    // the pull. Read on a task of its own, so that a send stalled by a frozen client is cut
+    // short when the silence is noticed.
+    let mut client = tokio::spawn(async move {
+        match reader.next_stream_msg().await {
+            Ok(Some(other)) => format!(
+                "protocol error: client sent frame kind 0x{:02x} during a pull",
+                other.kind()
+            ),
+            Ok(None) => "client went away in the middle of the transfer".into(),
+            Err(e) => format!("client connection failed: {e}"),
+        }
+    });
     let result: Result<(), String> = loop {
-        tokio::select! {
-            event = events.recv() => {
-                let sent = match event {
-                    Some(Event::Header(h)) => writer.send_server(&ServerMsg::FileHeader(h)).await,
-                    Some(Event::Data(data)) => writer.send(kind::PULL_DATA, &data).await,
-                    Some(Event::End(end)) => writer.send_server(&ServerMsg::FileEnd(end)).await,
-                    Some(Event::Failed { path, message }) => {
-                        writer.send_server(&ServerMsg::FileError(FileError { path, message })).await
-                    }
-                    Some(Event::Done(done)) => {
-                        outcome.files = done.files;
-                        outcome.bytes = done.bytes;
-                        outcome.failed = done.failed;
-                        let sent = writer.send_server(&ServerMsg::TransferDone(done)).await;
-                        break sent
-                            .and(writer.shutdown().await)
-                            .map_err(|e| format!("could not send the result: {e}"));
-                    }
-                    None => break Err("the reader thread ended early".into()),
-                };
-                if let Err(e) = sent {
-                    break Err(format!("sending to the client failed: {e}"));
-                }
-            }
-            // The client sends nothing after its request: anything else, or its end, stops us.
-            msg = reader.next_stream_msg() => break Err(match msg {
-                Ok(Some(other)) => format!("protocol error: client sent frame kind 0x{:02x} during a pull", other.kind()),
-                Ok(None) => "client went away in the middle of the transfer".into(),
-                Err(e) => format!("client connection failed: {e}"),
-            }),
-            // A slow disk leaves the client without frames for a while.
-            () = writer.heartbeat_due() => if let Err(e) = writer.send_heartbeat().await {
-                break Err(format!("sending a heartbeat failed: {e}"));
+        let step = tokio::select! {
+            event = events.recv() => match event {
+                Some(event) => Step::Send(event),
+                None => break Err("the reader thread ended early".into()),
             },
+            // A slow disk leaves the client without frames for a while.
+            () = writer.heartbeat_due() => Step::Heartbeat,
+            why = &mut client => break Err(why.unwrap_or_else(|e| format!("client reader failed: {e}"))),
             // Yields (), not the watch guard, which must not live across the awaits below.
             () = async { let _ = shutdown.wait_for(|stop| *stop).await; } => {
                 let _ = writer.send_server(&ServerMsg::Error("agent shutting down; the pull was not finished".into())).await;
                 break Err("agent shutting down".into());
             }
+        };
+        let send = async {
+            match step {
+                Step::Heartbeat => writer.send_heartbeat().await.map(|()| None),
+                Step::Send(Event::Header(h)) => writer
+                    .send_server(&ServerMsg::FileHeader(h))
+                    .await
+                    .map(|()| None),
+                Step::Send(Event::Data(data)) => {
+                    writer.send(kind::PULL_DATA, &data).await.map(|()| None)
+                }
+                Step::Send(Event::End(end)) => writer
+                    .send_server(&ServerMsg::FileEnd(end))
+                    .await
+                    .map(|()| None),
+                Step::Send(Event::Failed { path, message }) => writer
+                    .send_server(&ServerMsg::FileError(FileError { path, message }))
+                    .await
+                    .map(|()| None),
+                Step::Send(Event::Done(done)) => {
+                    writer.send_server(&ServerMsg::TransferDone(done)).await?;
+                    writer.shutdown().await?;
+                    Ok(Some(done))
+                }
+            }
+        };
+        // A frozen client's kernel keeps its window shut: the send is cut short when the
+        // client's reader gives up on it.
+        let sent = tokio::select! {
+            sent = send => sent,
+            why = &mut client => break Err(why.unwrap_or_else(|e| format!("client reader failed: {e}"))),
+        };
+        match sent {
+            Ok(Some(done)) => {
+                outcome.files = done.files;
+                outcome.bytes = done.bytes;
+                outcome.failed = done.failed;
+                break Ok(());
+            }
+            Ok(None) => {}
+            Err(e) => break Err(format!("sending to the client failed: {e}")),
         }
     };
     // Dropping the receiver stops the reader thread at its next chunk.
     drop(events);
+    outcome.duration = started.elapsed();
+    if result.is_ok() {
+        // The client may still be reading what was sent while its heartbeats arrive: closing
+        // with those unread would reset the connection and lose the rest. Wait for its close.
+        let _ = client.await;
+    } else {
+        client.abort();
+    }
     if let Err(e) = result {
         outcome.error = Some(e);
     }
-    outcome.duration = started.elapsed();
     outcome
 }

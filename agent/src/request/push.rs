@@ -154,8 +154,11 @@ where
                     Err(e) => break Err(format!("client connection failed: {e}")),
                 };
                 finishing = matches!(op, Op::Finish);
-                if handle.send(op, &mut seen).await.is_err() {
-                    break Err("the writer thread ended early".into());
+                // The disk may be slow: the client still hears from us meanwhile.
+                match writer.beating(handle.send(op, &mut seen)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break Err("the writer thread ended early".into()),
+                    Err(e) => break Err(format!("sending a heartbeat failed: {e}")),
                 }
             }
             event = handle.events.recv() => match event {

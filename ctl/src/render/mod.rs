@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::outcome::{Ending, Outcome};
-use crate::output::{Output, Passthrough};
+use crate::output::{Output, Passthrough, Sink};
 use crate::target::Target;
 use progress::Progress;
 
@@ -42,6 +42,7 @@ pub enum To {
 /// lands in one piece, and the progress bar is taken off the screen around it.
 pub struct Console {
     io: Mutex<Passthrough>,
+    kinds: [Sink; 2],
     progress: Option<Arc<Progress>>,
     stdout_is_tty: bool,
 }
@@ -51,6 +52,7 @@ impl Console {
     pub fn new(progress: Option<Arc<Progress>>) -> Self {
         Self {
             io: Mutex::new(Passthrough::new()),
+            kinds: [Sink::of(1), Sink::of(2)],
             progress,
             stdout_is_tty: is_tty(1),
         }
@@ -66,17 +68,23 @@ impl Console {
         if bytes.is_empty() {
             return Ok(());
         }
-        // A panic while holding the lock leaves nothing half-updated that matters here.
-        let mut io = self.io.lock().unwrap_or_else(|e| e.into_inner());
-        let mut write = || match to {
-            To::Out => io.stdout(bytes),
-            To::Err => io.stderr(bytes),
-        };
-        match &self.progress {
-            // The bar is on stderr; stdout only shares the screen when it is a terminal too.
-            Some(bar) if to == To::Err || self.stdout_is_tty => bar.suspend(write),
-            _ => write(),
-        }
+        let fd = if to == To::Out { 1 } else { 2 };
+        // A target whose write may stall waits for the lock off the runtime too: the holder
+        // may be stalled on the same full pipe.
+        let stall = self.kinds[usize::from(to == To::Err)].may_stall(fd, bytes.len());
+        crate::output::off_runtime(stall, || {
+            // A panic while holding the lock leaves nothing half-updated that matters here.
+            let mut io = self.io.lock().unwrap_or_else(|e| e.into_inner());
+            let mut write = || match to {
+                To::Out => io.stdout(bytes),
+                To::Err => io.stderr(bytes),
+            };
+            match &self.progress {
+                // The bar is on stderr; stdout only shares the screen when it is a terminal.
+                Some(bar) if to == To::Err || self.stdout_is_tty => bar.suspend(write),
+                _ => write(),
+            }
+        })
     }
 
     /// Removes the progress bar for good.
