@@ -50,6 +50,7 @@ pub fn command(
         exit_code = outcome.status.and_then(|s| s.code),
         signal = outcome.status.and_then(|s| s.signal),
         timed_out = outcome.status.is_some_and(|s| s.timed_out),
+        shutdown_signal = outcome.status.and_then(|s| s.shutdown_signal),
         duration_ms,
         bytes_out = outcome.bytes_out,
         "command finished"
@@ -71,7 +72,12 @@ fn describe(outcome: &Outcome) -> String {
             text.push_str(&format!(", cancelled by client (signal {sig})"))
         }
         Some(KillReason::ClientGone) => text.push_str(", client went away"),
-        Some(KillReason::Shutdown) => text.push_str(", agent shutting down"),
+        Some(KillReason::Shutdown) => {
+            text.push_str(", agent shutting down");
+            if let Some(sig) = outcome.status.and_then(|s| s.shutdown_signal) {
+                text.push_str(&format!(" (ended with signal {sig})"));
+            }
+        }
         Some(KillReason::Timeout) | None => {}
     }
     if let Some(error) = &outcome.error {

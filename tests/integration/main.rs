@@ -8,6 +8,7 @@ mod pty_util;
 mod rawclient;
 mod util;
 
+mod agent_shutdown;
 mod deploy;
 mod exec;
 mod exec_big;

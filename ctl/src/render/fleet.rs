@@ -109,6 +109,7 @@ fn ending_label(ending: &Ending) -> String {
         Ending::Exited(code) => format!("exit {code}"),
         Ending::Killed(sig) => format!("signal {sig}"),
         Ending::TimedOut(_) | Ending::Unanswered => "timed out".into(),
+        Ending::AgentShutdown { by, .. } => super::shutdown_label(*by),
         Ending::Failed(f) => format!("{} error", f.kind()),
     }
 }

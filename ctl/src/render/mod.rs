@@ -146,8 +146,33 @@ pub fn diagnosis(target: &Target, outcome: &Outcome, timeout: Option<Duration>) 
             "ctl: {target}: command timed out after {secs}s and the agent did not confirm \
              the kill; gave up waiting (whether the command still runs there is unknown)\n"
         )),
+        // It may have caught the signal and exited 0: the agent says why it really ended.
+        Ending::AgentShutdown { by, .. } => Some(format!(
+            "ctl: {target}: the agent was shutting down and ended the command with {}\n",
+            signal_name(*by)
+        )),
         Ending::Exited(_) | Ending::Killed(_) => None,
     }
+}
+
+/// How a command the agent's shutdown ended is labelled in a `--group` heading and the
+/// summary: `SIGTERM at agent shutdown`.
+pub fn shutdown_label(by: i32) -> String {
+    format!("{} at agent shutdown", signal_name(by))
+}
+
+/// `SIGTERM`, `SIGKILL` (the signals an agent ends commands with) and a few others by name;
+/// any other as `signal N`.
+pub fn signal_name(signal: i32) -> String {
+    let name = match signal {
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGINT => "SIGINT",
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGQUIT => "SIGQUIT",
+        _ => return format!("signal {signal}"),
+    };
+    name.to_owned()
 }
 
 /// A failed copy to `--output-dir`, as a line for stderr.
