@@ -19,6 +19,7 @@ mod exec_signals;
 mod exec_startup;
 mod files;
 mod fleet;
+mod fleet_group;
 mod fleet_input;
 mod fleet_select;
 mod hardening;
