@@ -50,6 +50,7 @@ pub fn command(
         exit_code = outcome.status.and_then(|s| s.code),
         signal = outcome.status.and_then(|s| s.signal),
         timed_out = outcome.status.is_some_and(|s| s.timed_out),
+        shutdown_signal = outcome.status.and_then(|s| s.shutdown_signal),
         duration_ms,
         bytes_out = outcome.bytes_out,
         "command finished"
@@ -75,7 +76,12 @@ fn describe(outcome: &Outcome) -> String {
             ", client silent for {}s (frozen, or the network to it is gone)",
             after.as_secs_f64()
         )),
-        Some(KillReason::Shutdown) => text.push_str(", agent shutting down"),
+        Some(KillReason::Shutdown) => {
+            text.push_str(", agent shutting down");
+            if let Some(sig) = outcome.status.and_then(|s| s.shutdown_signal) {
+                text.push_str(&format!(" (ended with signal {sig})"));
+            }
+        }
         Some(KillReason::Timeout) | None => {}
     }
     if let Some(error) = &outcome.error {

@@ -20,7 +20,8 @@ pub struct Cli {
 const EXIT_CODES: &str = "\
 Exit status (ctl exec, ping, keygen):
   N        the remote command's exit code (the highest of all targets' statuses)
-  128+N    the remote command was killed by signal N
+  128+N    the remote command was killed by signal N, or the agent was stopping and
+           ended it with signal N (even if it then exited 0; stderr says so)
   124      --timeout ran out (the remote process tree was killed)
   130/143  ctl got SIGINT/SIGTERM (the remote process tree was terminated)
   255      a target could not be reached, authenticated, or its stream was cut or altered

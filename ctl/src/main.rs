@@ -23,6 +23,7 @@ mod script;
 mod select;
 mod setup;
 mod signals;
+mod spool;
 mod stdin;
 mod target;
 mod terminal;
@@ -259,7 +260,7 @@ async fn exec(args: ExecArgs) -> u8 {
             (false, true) => Style::Group,
             (false, false) => Style::Lines,
         };
-        let mut renderer = Fleet::new(FleetOptions {
+        let renderer = Fleet::new(FleetOptions {
             style,
             many,
             prefix: !args.no_prefix,
@@ -268,6 +269,13 @@ async fn exec(args: ExecArgs) -> u8 {
             output_dir: args.output_dir.clone(),
             failed_to: args.failed_to.clone(),
         });
+        let mut renderer = match renderer {
+            Ok(renderer) => renderer,
+            Err(e) => {
+                eprintln!("ctl: {e}");
+                return exit::FAILURE;
+            }
+        };
         engine::run(job, targets, limits, stop, &mut renderer).await
     };
     if check_unsent && (unsent_early || stdin::has_unread_data()) {

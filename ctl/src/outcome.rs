@@ -50,6 +50,17 @@ pub enum Ending {
     Killed(i32),
     /// The agent killed the command when `--timeout` ran out, with this signal if it said.
     TimedOut(Option<i32>),
+    /// The agent ended the command with signal `by` because the agent was shutting down;
+    /// `code` or `signal` says how the command then ended (one that caught the signal may
+    /// have exited 0: it still did not finish its work).
+    AgentShutdown {
+        /// The signal the agent used: SIGTERM, or SIGKILL after its grace.
+        by: i32,
+        /// The command's exit code, if it exited.
+        code: Option<i32>,
+        /// The signal that killed it, if one did.
+        signal: Option<i32>,
+    },
     /// `--timeout` and its slack passed with no word from the agent: ctl gave up waiting and
     /// cannot know what happened there.
     Unanswered,
@@ -61,6 +72,12 @@ impl Ending {
     /// The ending an exit report from the agent describes.
     pub fn from_status(status: ExitStatus) -> Self {
         match status {
+            ExitStatus {
+                shutdown_signal: Some(by),
+                code,
+                signal,
+                ..
+            } => Self::AgentShutdown { by, code, signal },
             ExitStatus {
                 timed_out: true,
                 signal,
@@ -88,7 +105,7 @@ impl Ending {
         match self {
             // Exit codes are 0-255 on Unix; a shell reports the low byte, and so do we.
             Self::Exited(code) => (code & 0xff) as u8,
-            Self::Killed(sig) => exit::signalled(*sig),
+            Self::Killed(sig) | Self::AgentShutdown { by: sig, .. } => exit::signalled(*sig),
             Self::TimedOut(_) | Self::Unanswered => exit::TIMED_OUT,
             Self::Failed(_) => exit::UNREACHABLE,
         }
@@ -128,6 +145,7 @@ mod tests {
             code,
             signal,
             timed_out,
+            shutdown_signal: None,
         })
     }
 
@@ -142,5 +160,32 @@ mod tests {
         assert_eq!(Ending::Unanswered.exit_code(), 124);
         assert!(matches!(status(None, None, false), Ending::Failed(_)));
         assert_eq!(status(None, None, false).exit_code(), 255);
+    }
+
+    #[test]
+    fn a_command_the_agents_shutdown_ended_is_not_a_success() {
+        let shutdown = |code, signal, by| {
+            Ending::from_status(ExitStatus {
+                code,
+                signal,
+                timed_out: false,
+                shutdown_signal: Some(by),
+            })
+        };
+        // It caught SIGTERM and exited 0: still 128+15, never 0.
+        let caught = shutdown(Some(0), None, 15);
+        assert_eq!(
+            caught,
+            Ending::AgentShutdown {
+                by: 15,
+                code: Some(0),
+                signal: None
+            }
+        );
+        assert!(!caught.succeeded());
+        assert_eq!(caught.exit_code(), 143);
+        assert_eq!(shutdown(None, Some(15), 15).exit_code(), 143);
+        assert_eq!(shutdown(None, Some(9), 9).exit_code(), 137);
+        assert_eq!(shutdown(Some(3), None, 9).exit_code(), 137);
     }
 }

@@ -344,6 +344,7 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         code: Some(3),
         signal: None,
         timed_out: false,
+        shutdown_signal: None,
     });
     for msg in [ServerMsg::Stdout(b"out"), ServerMsg::Stderr(b"err"), exit] {
         let mut body = Vec::new();

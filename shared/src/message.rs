@@ -232,6 +232,10 @@ pub struct ExitStatus {
     pub signal: Option<i32>,
     /// Whether the agent killed it because its timeout ran out.
     pub timed_out: bool,
+    /// The signal the agent ended it with because the agent was shutting down (SIGTERM, or
+    /// SIGKILL when it had to escalate), whatever the command then did: one that traps the
+    /// signal and exits 0 still ended because of it.
+    pub shutdown_signal: Option<i32>,
 }
 
 /// The first sealed message from the client: what it asks of the agent. One per connection;
@@ -354,20 +358,25 @@ impl ExitStatus {
     pub fn encode(&self, out: &mut Vec<u8>) {
         let flags = u8::from(self.code.is_some())
             | u8::from(self.signal.is_some()) << 1
-            | u8::from(self.timed_out) << 2;
+            | u8::from(self.timed_out) << 2
+            | u8::from(self.shutdown_signal.is_some()) << 3;
         put_u8(out, flags);
         put_i32(out, self.code.unwrap_or(0));
         put_i32(out, self.signal.unwrap_or(0));
+        if let Some(signal) = self.shutdown_signal {
+            put_i32(out, signal);
+        }
     }
 
     /// Reads a status body.
     pub fn read(r: &mut Reader<'_>) -> Result<Self, ProtocolError> {
         let flags = r.u8()?;
-        if flags & !0b111 != 0 {
+        if flags & !0b1111 != 0 {
             return Err(ProtocolError::Malformed("exit status flags"));
         }
         let code = r.i32()?;
         let signal = r.i32()?;
+        let shutdown_signal = if flags & 8 != 0 { Some(r.i32()?) } else { None };
         // A process ends either with a code or by a signal, never both or neither.
         if (flags & 1 != 0) == (flags & 2 != 0) {
             return Err(ProtocolError::Malformed(
@@ -386,10 +395,22 @@ impl ExitStatus {
                 "exit status (signal out of range)",
             ));
         }
+        if shutdown_signal.is_some_and(|s| !(1..=64).contains(&s)) {
+            return Err(ProtocolError::Malformed(
+                "exit status (shutdown signal out of range)",
+            ));
+        }
+        // The agent ends a command for one reason: its timeout or its own shutdown.
+        if flags & 4 != 0 && shutdown_signal.is_some() {
+            return Err(ProtocolError::Malformed(
+                "exit status (both timed out and ended by the agent's shutdown)",
+            ));
+        }
         Ok(Self {
             code: (flags & 1 != 0).then_some(code),
             signal: (flags & 2 != 0).then_some(signal),
             timed_out: flags & 4 != 0,
+            shutdown_signal,
         })
     }
 }
@@ -655,11 +676,13 @@ mod tests {
             code: None,
             signal: Some(9),
             timed_out: true,
+            ..Default::default()
         }));
         server_round_trip(ServerMsg::Exit(ExitStatus {
             code: Some(0),
             signal: None,
             timed_out: true,
+            ..Default::default()
         }));
         server_round_trip(ServerMsg::Error("no such directory".into()));
         server_round_trip(ServerMsg::Pong {
@@ -721,7 +744,8 @@ mod tests {
         assert!(Request::decode(kind::PING, b"x").is_err());
         assert!(StreamMsg::decode(kind::STDIN_EOF, b"x").is_err());
         assert!(StreamMsg::decode(kind::CANCEL, &[2, 0]).is_err());
-        assert!(ServerMsg::decode(kind::EXIT, &[8, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
+        assert!(ServerMsg::decode(kind::EXIT, &[0x11, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
+        assert!(ServerMsg::decode(kind::EXIT, &[0x81, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
         // Neither or both of code and signal, and signals outside 1..=64.
         assert!(ServerMsg::decode(kind::EXIT, &[0, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
         assert!(ServerMsg::decode(kind::EXIT, &[3, 0, 0, 0, 0, 0, 0, 0, 9]).is_err());
@@ -739,6 +763,60 @@ mod tests {
         .encode(&mut exit);
         exit.push(0);
         assert!(ServerMsg::decode(kind::EXIT, &exit).is_err());
+    }
+
+    #[test]
+    fn an_exit_ended_by_the_agents_shutdown_carries_its_signal() {
+        // A command that trapped SIGTERM and exited 0, and one that SIGKILL ended.
+        for status in [
+            ExitStatus {
+                code: Some(0),
+                shutdown_signal: Some(15),
+                ..Default::default()
+            },
+            ExitStatus {
+                signal: Some(9),
+                shutdown_signal: Some(9),
+                ..Default::default()
+            },
+        ] {
+            server_round_trip(ServerMsg::Exit(status));
+        }
+        let mut body = Vec::new();
+        ExitStatus {
+            code: Some(0),
+            shutdown_signal: Some(15),
+            ..Default::default()
+        }
+        .encode(&mut body);
+        // Bit 3, then the signal after the other two fields, big-endian.
+        assert_eq!(body, [0b1001, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 15]);
+
+        // Bit 3 without its field, with a cut or padded one, with a signal outside 1..=64, or
+        // together with the timed-out bit: all refused.
+        let exit = |flags: u8, extra: &[u8]| {
+            let mut b = vec![flags, 0, 0, 0, 0, 0, 0, 0, 0];
+            b.extend_from_slice(extra);
+            ServerMsg::decode(kind::EXIT, &b).map(|m| format!("{m:?}"))
+        };
+        assert!(exit(0b1001, &[]).is_err());
+        assert!(exit(0b1001, &[0, 0, 15]).is_err());
+        assert!(exit(0b1001, &[0, 0, 0, 15, 0]).is_err());
+        assert!(exit(0b1001, &[0, 0, 0, 0]).is_err());
+        assert!(exit(0b1001, &[0, 0, 0, 65]).is_err());
+        assert!(exit(0b1001, &[0xff, 0xff, 0xff, 0xf1]).is_err());
+        assert!(exit(0b1101, &[0, 0, 0, 15]).is_err());
+        assert!(exit(0b1001, &[0, 0, 0, 15]).is_ok());
+        // Without bit 3 the field is not there: four more bytes are trailing garbage.
+        assert!(exit(0b0001, &[0, 0, 0, 15]).is_err());
+        // Bits above 3 stay unknown and refused.
+        for bit in 4..8 {
+            assert!(exit(1 << bit | 1, &[]).is_err(), "bit {bit}");
+            assert!(
+                exit(1 << bit | 0b1001, &[0, 0, 0, 15]).is_err(),
+                "bit {bit}"
+            );
+        }
     }
 
     fn pty_body(rows: u16, cols: u16, term: &[u8]) -> Vec<u8> {

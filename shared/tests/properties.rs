@@ -186,10 +186,19 @@ fn exit_status() -> impl Strategy<Value = ExitStatus> {
     // A process ends with a code or by a signal (1..=64), never both.
     let code = (0..=255i32).prop_map(|c| (Some(c), None));
     let signal = (1..=64i32).prop_map(|s| (None, Some(s)));
-    (prop_oneof![code, signal], any::<bool>()).prop_map(|((code, signal), timed_out)| ExitStatus {
-        code,
-        signal,
-        timed_out,
+    // The agent ends a command for its timeout or for its own shutdown, never both.
+    let ended = prop_oneof![
+        Just((false, None)),
+        Just((true, None)),
+        (1..=64i32).prop_map(|s| (false, Some(s))),
+    ];
+    (prop_oneof![code, signal], ended).prop_map(|((code, signal), (timed_out, shutdown_signal))| {
+        ExitStatus {
+            code,
+            signal,
+            timed_out,
+            shutdown_signal,
+        }
     })
 }
 

@@ -8,6 +8,7 @@ mod pty_util;
 mod rawclient;
 mod util;
 
+mod agent_shutdown;
 mod deploy;
 mod exec;
 mod exec_big;
@@ -18,6 +19,7 @@ mod exec_signals;
 mod exec_startup;
 mod files;
 mod fleet;
+mod fleet_group;
 mod fleet_input;
 mod fleet_select;
 mod hardening;

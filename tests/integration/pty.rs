@@ -323,3 +323,24 @@ fn window_sizes_of_zero_or_absurd_are_clamped_and_a_resize_first_is_refused() {
     assert!(error.contains("nothing was run"), "{error:?}");
     assert_serving(&agent);
 }
+
+#[test]
+fn a_session_the_agents_shutdown_ended_gives_143_even_if_it_exited_0() {
+    let agent = Agent::start();
+    let tag = marker("pty-shutdown");
+    let script = format!("trap 'exit 0' TERM; echo ready; while :; do sleep 0.1; done # {tag}");
+    let mut term = session(&agent, &[], Some(&script));
+    let before = term.modes();
+    term.wait_for("ready", WAIT);
+    agent.signal(libc::SIGTERM);
+    let status = term.wait_exit(WAIT);
+    assert_eq!(status.code(), Some(143), "{}", term.screen());
+    let said = format!(
+        "ctl: {}: the agent was shutting down and ended the command with SIGTERM",
+        agent.target()
+    );
+    assert!(term.screen().contains(&said), "{}", term.screen());
+    assert_eq!(term.modes(), before);
+    let line = audit_line(&agent, &tag);
+    assert!(line.contains("exit 0, agent shutting down"), "{line}");
+}

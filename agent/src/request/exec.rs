@@ -178,11 +178,7 @@ where
     outcome.killed = kill.as_ref().map(|k| k.reason);
     match status {
         Ok(status) => {
-            let status = ExitStatus {
-                code: status.code(),
-                signal: status.signal(),
-                timed_out: outcome.killed == Some(KillReason::Timeout),
-            };
+            let status = exit_status(status, kill.as_ref());
             outcome.status = Some(status);
             if pump.sending {
                 let sent = until_gone(&mut gone, async {
@@ -546,6 +542,8 @@ pub async fn write_watching(
 pub struct Kill {
     /// Why.
     pub reason: KillReason,
+    /// The signal sent first (SIGKILL follows after the grace if the tree is still there).
+    pub signal: i32,
     /// Ends once the tree got SIGKILL or was gone before.
     pub done: JoinHandle<()>,
 }
@@ -595,7 +593,34 @@ pub async fn watchdog(
         tree.terminate(signal, grace).await;
         drop(held_stdin);
     });
-    Some(Kill { reason, done })
+    Some(Kill {
+        reason,
+        signal,
+        done,
+    })
+}
+
+/// The Exit report for a command that ended with `status`, after the watchdog's `kill` if it
+/// decided on one. A command the agent's shutdown ended is reported as such with the signal
+/// that ended it: SIGKILL if it died of the escalation, else the first signal, which it may
+/// have caught (and exited 0).
+pub fn exit_status(status: std::process::ExitStatus, kill: Option<&Kill>) -> ExitStatus {
+    let shutdown_signal = match kill {
+        Some(k) if k.reason == KillReason::Shutdown => {
+            Some(if status.signal() == Some(libc::SIGKILL) {
+                libc::SIGKILL
+            } else {
+                k.signal
+            })
+        }
+        _ => None,
+    };
+    ExitStatus {
+        code: status.code(),
+        signal: status.signal(),
+        timed_out: kill.is_some_and(|k| k.reason == KillReason::Timeout),
+        shutdown_signal,
+    }
 }
 
 #[cfg(test)]

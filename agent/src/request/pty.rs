@@ -8,16 +8,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rexec_shared::frame::HEADER_LEN;
-use rexec_shared::message::{kind, ExitStatus, PtyRequest, ServerMsg, StreamMsg};
+use rexec_shared::message::{kind, PtyRequest, ServerMsg, StreamMsg};
 use rexec_shared::transport::{SealedReader, SealedWriter};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::credentials::Credentials;
 use crate::process::{Child, Tree};
-use crate::request::exec::{
-    self, ClientEvent, Departure, ExecContext, KillReason, Outcome, StdinWrite,
-};
+use crate::request::exec::{self, ClientEvent, Departure, ExecContext, Outcome, StdinWrite};
 use crate::tty::{self, Master, Pty, Size};
 
 /// The login shell a session without a command runs: the key's user's, else the agent's.
@@ -143,12 +141,7 @@ where
     outcome.killed = kill.as_ref().map(|k| k.reason);
     match status {
         Some(Ok(status)) => {
-            use std::os::unix::process::ExitStatusExt;
-            let status = ExitStatus {
-                code: status.code(),
-                signal: status.signal(),
-                timed_out: outcome.killed == Some(KillReason::Timeout),
-            };
+            let status = exec::exit_status(status, kill.as_ref());
             outcome.status = Some(status);
             if sending {
                 let sent = exec::until_gone(&mut gone, async {

@@ -2,10 +2,10 @@
 //! records as each target finishes; then the summary line on stderr. The progress bar, when
 //! stderr is a terminal, is taken off the screen around every write.
 
-use std::collections::HashMap;
+use std::collections::hash_map::{Entry, HashMap};
 use std::io;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::engine::{Renderer, Stop, Unstarted};
@@ -16,7 +16,8 @@ use crate::output::{Captured, Output, Tee, MAX_CAPTURE};
 use crate::render::lines::Prefixed;
 use crate::render::progress::Progress;
 use crate::render::summary::Summary;
-use crate::render::{diagnosis, json, Console, To};
+use crate::render::{diagnosis, json, Console, Escaper, To};
+use crate::spool::{self, Spool, Spooled};
 use crate::target::Target;
 
 /// How results are shown.
@@ -30,9 +31,20 @@ pub enum Style {
     Json,
 }
 
+/// One `--group` block: the output its members share (in the spool) and who they are, by
+/// their positions in the order given and their spellings.
+struct Block {
+    stdout: spool::Stream,
+    stderr: spool::Stream,
+    members: Vec<(usize, String)>,
+}
+
+/// What makes two targets' output the same: the length and SHA-256 of each stream.
+type Content = (usize, [u8; 32]);
+
 /// Output shared by several targets in `--group` mode, keyed by (stdout, stderr, how they
-/// ended), with the members' positions in the order given and their spellings.
-type Groups = HashMap<(Vec<u8>, Vec<u8>, String), Vec<(usize, String)>>;
+/// ended).
+type Groups = HashMap<(Content, Content, String), Block>;
 
 /// How a run is shown, beyond its [`Style`].
 #[derive(Debug, Clone)]
@@ -60,18 +72,22 @@ pub struct Fleet {
     console: Arc<Console>,
     summary: Summary,
     groups: Groups,
+    /// Where `--group` output waits for the end of the run.
+    spool: Option<spool::Shared>,
     /// Hosts-file lines of the targets that did not succeed, for `--failed-to`.
     failed_lines: Vec<String>,
     started: usize,
     worst: u8,
 }
 
-/// Where one target's output goes: straight to the console as lines, or memory.
+/// Where one target's output goes: straight to the console as lines, memory, or the spool.
 pub enum Inner {
     /// Prefixed lines, written as they complete.
     Lines(Prefixed),
-    /// Kept for a `--group` block or a `--json` record.
+    /// Kept for a `--json` record.
     Captured(Captured),
+    /// Kept for a `--group` block (boxed: its hash states make it the largest by far).
+    Spooled(Box<Spooled>),
 }
 
 impl Output for Inner {
@@ -79,6 +95,7 @@ impl Output for Inner {
         match self {
             Self::Lines(s) => s.stdout(data),
             Self::Captured(s) => s.stdout(data),
+            Self::Spooled(s) => s.stdout(data),
         }
     }
 
@@ -86,6 +103,7 @@ impl Output for Inner {
         match self {
             Self::Lines(s) => s.stderr(data),
             Self::Captured(s) => s.stderr(data),
+            Self::Spooled(s) => s.stderr(data),
         }
     }
 }
@@ -109,24 +127,46 @@ fn ending_label(ending: &Ending) -> String {
         Ending::Exited(code) => format!("exit {code}"),
         Ending::Killed(sig) => format!("signal {sig}"),
         Ending::TimedOut(_) | Ending::Unanswered => "timed out".into(),
+        Ending::AgentShutdown { by, .. } => super::shutdown_label(*by),
         Ending::Failed(f) => format!("{} error", f.kind()),
     }
 }
 
 impl Fleet {
-    /// A renderer as `options` say.
-    pub fn new(options: Options) -> Self {
+    /// A renderer as `options` say; for `--group`, with its temporary file made now, so
+    /// that a `TMPDIR` that cannot hold it fails the run before anything runs.
+    pub fn new(options: Options) -> Result<Self, String> {
+        let spool = match options.style {
+            Style::Group => Some(Arc::new(Mutex::new(Spool::new()?))),
+            Style::Lines | Style::Json => None,
+        };
         let progress = (options.many && options.style != Style::Json)
             .then(|| Progress::on_stderr(options.total))
             .flatten();
-        Self {
+        Ok(Self {
             options,
             console: Arc::new(Console::new(progress)),
             summary: Summary::default(),
             groups: Groups::new(),
+            spool,
             failed_lines: Vec::new(),
             started: 0,
             worst: 0,
+        })
+    }
+
+    /// A new sink for one target's output, as the style says.
+    fn inner(&self, target: &Target, stop: &Stop) -> Inner {
+        // Only --group has a spool.
+        match (self.options.style, &self.spool) {
+            (Style::Lines, _) => Inner::Lines(Prefixed::new(
+                target,
+                self.options.prefix,
+                self.console.clone(),
+                stop.clone(),
+            )),
+            (_, Some(spool)) => Inner::Spooled(Box::new(Spooled::new(spool.clone()))),
+            (_, None) => Inner::Captured(Captured::default()),
         }
     }
 
@@ -155,29 +195,97 @@ impl Fleet {
     }
 
     fn write_groups(&mut self) {
+        let Some(spool) = self.spool.clone() else {
+            return;
+        };
         let mut blocks: Vec<_> = std::mem::take(&mut self.groups).into_iter().collect();
-        for (_, members) in &mut blocks {
-            members.sort_unstable();
+        for (_, block) in &mut blocks {
+            block.members.sort_unstable();
         }
-        blocks.sort_by_key(|(_, members)| members[0].0);
-        for ((stdout, stderr, ending), members) in blocks {
+        blocks.sort_by_key(|(_, block)| block.members[0].0);
+        for ((_, _, ending), block) in blocks {
+            let members = &block.members;
             let names = nodeset::fold(&members.iter().map(|(_, n)| n).collect::<Vec<_>>());
-            let (stdout_empty, stderr_empty) = (stdout.is_empty(), stderr.is_empty());
-            for (to, bytes, tag) in [(To::Out, stdout, ""), (To::Err, stderr, "stderr, ")] {
+            let (stdout_empty, stderr_empty) = (block.stdout.is_empty(), block.stderr.is_empty());
+            for (to, stream, tag) in [
+                (To::Out, &block.stdout, ""),
+                (To::Err, &block.stderr, "stderr, "),
+            ] {
                 // Targets that failed without a word still get a block saying how they ended.
                 let only = to == To::Out && stdout_empty && stderr_empty && ending != "exit 0";
-                if bytes.is_empty() && !only {
+                if stream.is_empty() && !only {
                     continue;
                 }
-                let mut block =
+                let mut text =
                     format!("----------------\n{names} ({tag}{ending})\n----------------\n")
                         .into_bytes();
                 // The output as its lines show it in line mode: control characters escaped.
-                super::visible_into(&bytes, &mut block);
-                if !bytes.is_empty() && !bytes.ends_with(b"\n") {
-                    block.push(b'\n');
+                // Read back and written in pieces; nothing else writes at this point, so the
+                // bytes are the same as one write of the whole block.
+                let mut escaper = Escaper::default();
+                let read = stream.read(&spool, |piece| {
+                    escaper.push(piece, &mut text);
+                    if text.len() >= spool::IN_MEMORY {
+                        let _ = self.console.write(to, &text);
+                        text.clear();
+                    }
+                    Ok(())
+                });
+                escaper.finish(&mut text);
+                if let Err(e) = read {
+                    let _ = self.console.write(to, &text);
+                    self.note(&format!(
+                        "ctl: {names}: cannot read back --group output from the temporary file \
+                         in {}: {e}\n",
+                        spool::dir(&spool).display()
+                    ));
+                    self.worst = self.worst.max(exit::FAILURE);
+                    continue;
                 }
-                let _ = self.console.write(to, &block);
+                if stream.last().is_some_and(|b| b != b'\n') {
+                    text.push(b'\n');
+                }
+                let _ = self.console.write(to, &text);
+            }
+        }
+    }
+
+    /// Files a finished target's `--group` output under its block: a new block keeps it (in
+    /// the spool), a target whose output and ending match an existing block's only adds its
+    /// name.
+    fn group(&mut self, target: &Target, index: usize, outcome: &Outcome, spooled: Spooled) {
+        let (spool, mut stdout, mut stderr) = spooled.into_parts();
+        if stdout.cut || stderr.cut {
+            self.note(&format!(
+                "ctl: {target}: output past {} MiB per stream was dropped\n",
+                MAX_CAPTURE >> 20
+            ));
+        }
+        let key = (stdout.key(), stderr.key(), ending_label(&outcome.ending));
+        let member = (index, target.spelling.clone());
+        if !self.groups.contains_key(&key) {
+            stdout.settle(&spool);
+            stderr.settle(&spool);
+        }
+        if let Some(e) = stdout.error.as_ref().or(stderr.error.as_ref()) {
+            // Nothing is lost (what could not be written stays in memory), but the memory
+            // bound no longer holds and the disk is likely full: say so, and fail the run.
+            let text = format!(
+                "ctl: {target}: cannot write --group output to the temporary file in {}: {e} \
+                 (kept in memory instead)\n",
+                spool::dir(&spool).display()
+            );
+            self.note(&text);
+            self.worst = self.worst.max(exit::FAILURE);
+        }
+        match self.groups.entry(key) {
+            Entry::Occupied(mut block) => block.get_mut().members.push(member),
+            Entry::Vacant(vacant) => {
+                vacant.insert(Block {
+                    stdout,
+                    stderr,
+                    members: vec![member],
+                });
             }
         }
     }
@@ -200,15 +308,7 @@ impl Renderer<Outcome> for Fleet {
         if let Some(bar) = self.console.progress() {
             bar.started(&target.spelling);
         }
-        let inner = match self.options.style {
-            Style::Lines => Inner::Lines(Prefixed::new(
-                target,
-                self.options.prefix,
-                self.console.clone(),
-                stop.clone(),
-            )),
-            Style::Group | Style::Json => Inner::Captured(Captured::default()),
-        };
+        let inner = self.inner(target, stop);
         let tee = match &self.options.output_dir {
             None => Tee::plain(inner),
             Some(dir) => match Tee::to_dir(dir, &target.spelling, inner) {
@@ -217,15 +317,7 @@ impl Renderer<Outcome> for Fleet {
                     self.note(&format!("ctl: {target}: {e}\n"));
                     self.worst = self.worst.max(exit::FAILURE);
                     // The run goes on without the copy; rebuilding the sink costs nothing.
-                    Tee::plain(match self.options.style {
-                        Style::Lines => Inner::Lines(Prefixed::new(
-                            target,
-                            self.options.prefix,
-                            self.console.clone(),
-                            stop.clone(),
-                        )),
-                        Style::Group | Style::Json => Inner::Captured(Captured::default()),
-                    })
+                    Tee::plain(self.inner(target, stop))
                 }
             },
         };
@@ -245,12 +337,13 @@ impl Renderer<Outcome> for Fleet {
         if self.options.failed_to.is_some() && !outcome.ending.succeeded() {
             self.failed_lines.push(hosts_line(&target));
         }
-        let captured = match inner {
+        let (captured, spooled) = match inner {
             Inner::Lines(mut lines) => {
                 lines.finish();
-                None
+                (None, None)
             }
-            Inner::Captured(c) => Some(c),
+            Inner::Captured(c) => (Some(c), None),
+            Inner::Spooled(s) => (None, Some(s)),
         };
         if let Some(text) = super::copy_failure(&target, copy_error) {
             self.note(&text);
@@ -261,32 +354,20 @@ impl Renderer<Outcome> for Fleet {
                 self.note(&text);
             }
         }
-        match (self.options.style, captured) {
-            (Style::Json, Some(c)) => {
-                let stdout = json::Stream {
-                    bytes: &c.stdout,
-                    truncated: c.stdout_cut,
-                };
-                let stderr = json::Stream {
-                    bytes: &c.stderr,
-                    truncated: c.stderr_cut,
-                };
-                let record = json::line(&target.spelling, &outcome, stdout, stderr);
-                let _ = self.console.write(To::Out, &record);
-            }
-            (Style::Group, Some(c)) => {
-                if c.stdout_cut || c.stderr_cut {
-                    self.note(&format!(
-                        "ctl: {target}: output past {} MiB per stream was dropped\n",
-                        MAX_CAPTURE >> 20
-                    ));
-                }
-                self.groups
-                    .entry((c.stdout, c.stderr, ending_label(&outcome.ending)))
-                    .or_default()
-                    .push((index, target.spelling));
-            }
-            _ => {}
+        if let Some(spooled) = spooled {
+            self.group(&target, index, &outcome, *spooled);
+        }
+        if let Some(c) = captured {
+            let stdout = json::Stream {
+                bytes: &c.stdout,
+                truncated: c.stdout_cut,
+            };
+            let stderr = json::Stream {
+                bytes: &c.stderr,
+                truncated: c.stderr_cut,
+            };
+            let record = json::line(&target.spelling, &outcome, stdout, stderr);
+            let _ = self.console.write(To::Out, &record);
         }
     }
 

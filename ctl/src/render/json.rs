@@ -28,6 +28,10 @@ struct Record<'a> {
     exit_code: Option<i32>,
     signal: Option<i32>,
     timed_out: bool,
+    /// Whether the agent ended the command because it was shutting down.
+    agent_shutdown: bool,
+    /// The signal it did that with, when it did.
+    shutdown_signal: Option<i32>,
     stdout: String,
     stdout_encoding: &'static str,
     stdout_truncated: bool,
@@ -53,9 +57,14 @@ pub fn line(target: &str, outcome: &Outcome, stdout: Stream<'_>, stderr: Stream<
     let (exit_code, signal, timed_out) = match &outcome.ending {
         Ending::Exited(code) => (Some(*code), None, false),
         Ending::Killed(sig) => (None, Some(*sig), false),
+        Ending::AgentShutdown { code, signal, .. } => (*code, *signal, false),
         Ending::TimedOut(sig) => (None, *sig, true),
         Ending::Unanswered => (None, None, true),
         Ending::Failed(_) => (None, None, false),
+    };
+    let shutdown_signal = match &outcome.ending {
+        Ending::AgentShutdown { by, .. } => Some(*by),
+        _ => None,
     };
     let (stdout_text, stdout_encoding) = encode(stdout.bytes);
     let (stderr_text, stderr_encoding) = encode(stderr.bytes);
@@ -65,6 +74,8 @@ pub fn line(target: &str, outcome: &Outcome, stdout: Stream<'_>, stderr: Stream<
         exit_code,
         signal,
         timed_out,
+        agent_shutdown: shutdown_signal.is_some(),
+        shutdown_signal,
         stdout: stdout_text,
         stdout_encoding,
         stdout_truncated: stdout.truncated,
@@ -124,6 +135,8 @@ mod tests {
         assert_eq!(v["exit_code"], 0);
         assert!(v["signal"].is_null());
         assert_eq!(v["timed_out"], false);
+        assert_eq!(v["agent_shutdown"], false);
+        assert!(v["shutdown_signal"].is_null());
         assert_eq!(v["stdout"], "hi\n\"q\"");
         assert_eq!(v["stdout_encoding"], "utf-8");
         assert_eq!(v["stderr"], "");
@@ -155,6 +168,28 @@ mod tests {
         assert_eq!(v["signal"], 9);
         assert_eq!(v["timed_out"], true);
         assert_eq!(v["status"], 124);
+    }
+
+    #[test]
+    fn an_agent_shutdown_is_flagged_with_its_signal_and_status() {
+        // The command caught SIGTERM and exited 0: its own code is kept, ctl's status is 143.
+        let ended = outcome(Ending::AgentShutdown {
+            by: 15,
+            code: Some(0),
+            signal: None,
+        });
+        let empty = Stream {
+            bytes: b"",
+            truncated: false,
+        };
+        let v = parse(&line("t", &ended, empty, empty));
+        assert_eq!(v["status"], 143);
+        assert_eq!(v["agent_shutdown"], true);
+        assert_eq!(v["shutdown_signal"], 15);
+        assert_eq!(v["exit_code"], 0);
+        assert!(v["signal"].is_null());
+        assert_eq!(v["timed_out"], false);
+        assert!(v["error"].is_null());
     }
 
     #[test]

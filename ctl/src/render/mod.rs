@@ -118,6 +118,44 @@ pub fn visible_into(bytes: &[u8], out: &mut Vec<u8>) {
     }
 }
 
+/// [`visible_into`] over output that comes in pieces: the same bytes as escaping the whole at
+/// once, though a piece may end between the two bytes of a C1 control.
+#[derive(Debug, Default)]
+pub struct Escaper {
+    /// A `0xc2` that ended the last piece: whether it starts a C1 control depends on the next.
+    held: bool,
+}
+
+impl Escaper {
+    /// Appends `piece`, escaped, to `out`.
+    pub fn push(&mut self, mut piece: &[u8], out: &mut Vec<u8>) {
+        if piece.is_empty() {
+            return;
+        }
+        if std::mem::take(&mut self.held) {
+            match piece[0] {
+                0x80..=0x9f => {
+                    visible_into(&[0xc2, piece[0]], out);
+                    piece = &piece[1..];
+                }
+                _ => out.push(0xc2),
+            }
+        }
+        if let Some((&0xc2, rest)) = piece.split_last() {
+            self.held = true;
+            piece = rest;
+        }
+        visible_into(piece, out);
+    }
+
+    /// Appends what is still held, at the end of the output.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if std::mem::take(&mut self.held) {
+            out.push(0xc2);
+        }
+    }
+}
+
 /// `text` with control characters escaped as [`visible_into`] does, for ctl's own messages.
 pub fn visible(text: &str) -> String {
     let mut out = Vec::with_capacity(text.len());
@@ -154,11 +192,67 @@ pub fn diagnosis(target: &Target, outcome: &Outcome, timeout: Option<Duration>) 
             "ctl: {target}: command timed out after {secs}s and the agent did not confirm \
              the kill; gave up waiting (whether the command still runs there is unknown)\n"
         )),
+        // It may have caught the signal and exited 0: the agent says why it really ended.
+        Ending::AgentShutdown { by, .. } => Some(format!(
+            "ctl: {target}: the agent was shutting down and ended the command with {}\n",
+            signal_name(*by)
+        )),
         Ending::Exited(_) | Ending::Killed(_) => None,
     }
+}
+
+/// How a command the agent's shutdown ended is labelled in a `--group` heading and the
+/// summary: `SIGTERM at agent shutdown`.
+pub fn shutdown_label(by: i32) -> String {
+    format!("{} at agent shutdown", signal_name(by))
+}
+
+/// `SIGTERM`, `SIGKILL` (the signals an agent ends commands with) and a few others by name;
+/// any other as `signal N`.
+pub fn signal_name(signal: i32) -> String {
+    let name = match signal {
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGINT => "SIGINT",
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGQUIT => "SIGQUIT",
+        _ => return format!("signal {signal}"),
+    };
+    name.to_owned()
 }
 
 /// A failed copy to `--output-dir`, as a line for stderr.
 pub fn copy_failure(target: &Target, error: Option<io::Error>) -> Option<String> {
     error.map(|e| format!("ctl: {target}: --output-dir copy incomplete: {e}\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaping_in_pieces_gives_the_same_bytes_as_at_once() {
+        let text: &[u8] = b"a\r\xc2\x9b2J\xc2\xa9\x1b[K\xc2\xc2\x85\tend\n\xc2";
+        let mut whole = Vec::new();
+        visible_into(text, &mut whole);
+        for cut in 0..=text.len() {
+            for cut2 in cut..=text.len() {
+                let mut escaper = Escaper::default();
+                let mut pieces = Vec::new();
+                for piece in [&text[..cut], &text[cut..cut2], &text[cut2..]] {
+                    escaper.push(piece, &mut pieces);
+                }
+                escaper.finish(&mut pieces);
+                assert_eq!(pieces, whole, "cut at {cut} and {cut2}");
+            }
+        }
+        // One byte at a time, too.
+        let mut escaper = Escaper::default();
+        let mut bytes = Vec::new();
+        for b in text {
+            escaper.push(std::slice::from_ref(b), &mut bytes);
+        }
+        escaper.finish(&mut bytes);
+        assert_eq!(bytes, whole);
+    }
 }

@@ -44,6 +44,7 @@ impl Summary {
             Ending::TimedOut(_) | Ending::Unanswered => "timed out".to_owned(),
             Ending::Exited(n) => format!("exit {n}"),
             Ending::Killed(sig) => format!("signal {sig}"),
+            Ending::AgentShutdown { by, .. } => super::shutdown_label(*by),
         };
         self.failed
             .entry((code, label))
