@@ -113,7 +113,10 @@ pub async fn run<O: Output>(
                 )),
                 Err(e) => break Err(remote::stream_failure(e)),
             },
-            typed = recv_keys(&mut keys) => match typed {
+            // Keys are read only while there is room to queue them: a loop stalled on a full
+            // queue (an agent that reads no input) would stop watching the agent, and miss it
+            // falling silent.
+            typed = recv_keys(&mut keys), if out_tx.capacity() > 0 => match typed {
                 Some(Ok(typed)) => {
                     let mut send = Vec::with_capacity(typed.len());
                     let action = match &mut escape {
@@ -124,7 +127,8 @@ pub async fn run<O: Output>(
                         }
                     };
                     if !send.is_empty() {
-                        let _ = out_tx.send(Outgoing::Keys(send)).await;
+                        // Room was checked above, and this loop is the only sender.
+                        let _ = out_tx.try_send(Outgoing::Keys(send));
                     }
                     if action == Action::Disconnect {
                         break Err(Failure::Stream(
@@ -142,8 +146,8 @@ pub async fn run<O: Output>(
                 // End of input (stdin not a terminal): nothing more to type.
                 None => keys = None,
             },
-            Some(()) = recv_winch(&mut winch) => {
-                let _ = out_tx.send(Outgoing::Size(local_size())).await;
+            Some(()) = recv_winch(&mut winch), if out_tx.capacity() > 0 => {
+                let _ = out_tx.try_send(Outgoing::Size(local_size()));
             },
             Ok(()) = cancel.changed(), if !cancelled => {
                 let signal = *cancel.borrow();
