@@ -701,7 +701,12 @@ fn keygen(args: KeygenArgs) -> u8 {
 }
 
 fn enroll(args: EnrollArgs) -> u8 {
-    let key = match keys::load(args.key.key_file.as_deref(), args.key.key_id.as_deref()) {
+    let config = match crate::config::Config::load() {
+        Ok(config) => config,
+        Err(e) => return usage_error(format!("{e:#}")),
+    };
+    let key_file = setup::key_file(&args.key, &config);
+    let key = match keys::load(key_file.as_deref(), args.key.key_id.as_deref()) {
         Ok(key) => key,
         Err(e) => return usage_error(format!("{e:#}")),
     };

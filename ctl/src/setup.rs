@@ -39,6 +39,15 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
+/// The key file: `--key-file`, else `CTL_KEY_FILE`, else the config's `key_file` (`None`:
+/// the default path).
+pub fn key_file(key: &KeyArgs, config: &Config) -> Option<PathBuf> {
+    key.key_file
+        .clone()
+        .or_else(|| env("CTL_KEY_FILE").map(PathBuf::from))
+        .or_else(|| config.key_file.clone())
+}
+
 /// Resolves the settings, or says which one is wrong and where it came from.
 pub fn resolve(targets: &TargetArgs, key: &KeyArgs) -> Result<Settings, String> {
     let config = Config::load().map_err(|e| format!("{e:#}"))?;
@@ -50,11 +59,7 @@ pub fn resolve(targets: &TargetArgs, key: &KeyArgs) -> Result<Settings, String> 
         },
         (None, None) => config.port.unwrap_or(DEFAULT_PORT),
     };
-    let key_file = key
-        .key_file
-        .clone()
-        .or_else(|| env("CTL_KEY_FILE").map(PathBuf::from))
-        .or_else(|| config.key_file.clone());
+    let key_file = key_file(key, &config);
     let alive_timeout = targets
         .alive_timeout
         .or(config.alive_timeout)

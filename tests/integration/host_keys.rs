@@ -210,6 +210,17 @@ fn revoking_a_client_is_removing_its_lines_and_sighup() {
 }
 
 #[test]
+fn enroll_finds_the_key_file_where_exec_does() {
+    // CTL_KEY_FILE, as for every other ctl command (bench scripts and deploy rely on it).
+    let dir = scratch();
+    let client_text = key_line("ops");
+    let client = write_key_file(dir.path(), "client", &client_text);
+    let run = ctl(["enroll", "web1"]).env("CTL_KEY_FILE", &client).run();
+    run.expect_code(0);
+    assert_eq!(run.out(), enrolled(&client_text, "web1"), "{run}");
+}
+
+#[test]
 fn enroll_prints_lines_without_the_master_and_writes_new_private_files() {
     let dir = scratch();
     let client_text = key_line("ops");
