@@ -56,6 +56,8 @@ pub async fn run<O: Output>(
             Err(failure) => Ending::Failed(failure),
         },
         duration: started.elapsed(),
+        // Keys typed ahead of a session's end are not input a command was promised.
+        input_lost: None,
     };
     let conn = match remote::connect(target, key, connect_timeout).await {
         Ok(conn) => conn,

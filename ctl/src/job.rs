@@ -76,7 +76,7 @@ impl Job for Exec {
             ..self.request.clone()
         };
         let stdin = self.input.take();
-        remote::exec(
+        let mut outcome = remote::exec(
             target,
             &self.key,
             request,
@@ -86,7 +86,12 @@ impl Job for Exec {
             stop,
             sink,
         )
-        .await
+        .await;
+        // A --script is the interpreter's input, which it may leave unread at its `exit`.
+        if matches!(self.input, Input::Fixed(_)) {
+            outcome.input_lost = None;
+        }
+        outcome
     }
 
     fn failed(done: &Outcome) -> bool {

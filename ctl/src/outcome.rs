@@ -112,6 +112,17 @@ impl Ending {
     }
 }
 
+/// Input that never reached a command: the exchange ended (the command exited, or was
+/// ended) while its stdin was still open and ctl had sent, or read to send, more than the
+/// agent had written to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputLost {
+    /// Bytes ctl had read for the command that the agent did not write to its stdin.
+    pub bytes: u64,
+    /// Whether ctl had reached the end of the input (if not, more may have followed).
+    pub ended: bool,
+}
+
 /// The result of one exec on one target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
@@ -119,6 +130,8 @@ pub struct Outcome {
     pub ending: Ending,
     /// Wall time from the start of the connection.
     pub duration: Duration,
+    /// Input that was dropped when the exchange ended, if any was.
+    pub input_lost: Option<InputLost>,
 }
 
 impl Outcome {
@@ -146,6 +159,7 @@ mod tests {
             signal,
             timed_out,
             shutdown_signal: None,
+            stdin_cut: None,
         })
     }
 
@@ -170,6 +184,7 @@ mod tests {
                 signal,
                 timed_out: false,
                 shutdown_signal: Some(by),
+                stdin_cut: None,
             })
         };
         // It caught SIGTERM and exited 0: still 128+15, never 0.

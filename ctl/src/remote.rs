@@ -2,7 +2,7 @@
 //! ping. Output goes to an [`Output`], so every renderer shares this code.
 
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
-use crate::outcome::{Ending, Failure, Outcome};
+use crate::outcome::{Ending, Failure, InputLost, Outcome};
 use crate::output::Output;
 use crate::stdin::StdinChunks;
 use crate::target::Target;
@@ -253,13 +253,23 @@ pub async fn exec<O: Output>(
     out: &mut O,
 ) -> Outcome {
     let started = Instant::now();
+    let mut input_lost = None;
     let result = async {
         let conn = connect_retrying(target, key, connect_timeout, retries, &mut cancel).await?;
         // --timeout counts from the start of the command, not of the connection.
         let local_deadline = req
             .timeout_ms
             .map(|ms| Instant::now() + Duration::from_millis(ms) + LOCAL_TIMEOUT_SLACK);
-        let result = run_exec(conn, req, stdin, cancel, local_deadline, out).await;
+        let result = run_exec(
+            conn,
+            req,
+            stdin,
+            cancel,
+            local_deadline,
+            out,
+            &mut input_lost,
+        )
+        .await;
         tracing::debug!(%target, elapsed = ?started.elapsed(), "exchange ended");
         result
     }
@@ -272,10 +282,13 @@ pub async fn exec<O: Output>(
     Outcome {
         ending,
         duration: started.elapsed(),
+        input_lost,
     }
 }
 
-/// The exchange after authentication; `Ok(None)` if ctl's own deadline ran out first.
+/// The exchange after authentication; `Ok(None)` if ctl's own deadline ran out first. Sets
+/// `input_lost` when the agent reports that the command's stdin was cut with less written
+/// to it than ctl had for it.
 async fn run_exec<O: Output>(
     conn: Connection,
     req: ExecRequest,
@@ -283,6 +296,7 @@ async fn run_exec<O: Output>(
     mut cancel: watch::Receiver<Option<i32>>,
     local_deadline: Option<Instant>,
     out: &mut O,
+    input_lost: &mut Option<InputLost>,
 ) -> Result<Option<ExitStatus>, Failure> {
     let Connection {
         mut reader,
@@ -310,11 +324,13 @@ async fn run_exec<O: Output>(
         }
     };
     let stdin_error = Arc::new(Mutex::new(None));
+    let taken = Arc::new(Taken::default());
     let sender = tokio::spawn(send_input(
         writer,
         stdin.filter(|_| wants_stdin),
         cancel_rx,
         stdin_error.clone(),
+        taken.clone(),
     ));
     let signal_task = tokio::spawn(forward_signal);
 
@@ -363,6 +379,19 @@ async fn run_exec<O: Output>(
     };
     sender.abort();
     signal_task.abort();
+    if let Ok(Some(ExitStatus {
+        stdin_cut: Some(written),
+        ..
+    })) = &result
+    {
+        let had = taken.bytes.load(Ordering::Acquire);
+        if had > *written {
+            *input_lost = Some(InputLost {
+                bytes: had - written,
+                ended: taken.ended.load(Ordering::Acquire),
+            });
+        }
+    }
     // A stdin that failed is reported over whatever the command did: it never saw the end
     // of its input, and was cancelled.
     let failed = stdin_error.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -375,12 +404,21 @@ async fn run_exec<O: Output>(
     }
 }
 
+/// What [`send_input`] took of the command's input: bytes (sent or being sent), and whether
+/// it reached the end.
+#[derive(Debug, Default)]
+struct Taken {
+    bytes: AtomicU64,
+    ended: AtomicBool,
+}
+
 /// Sends stdin chunks and cancels; a cancel goes ahead of any stdin still waiting.
 async fn send_input(
     mut writer: SealedWriter<OwnedWriteHalf>,
     mut stdin: Option<StdinChunks>,
     mut cancel: mpsc::Receiver<i32>,
     stdin_error: Arc<Mutex<Option<io::Error>>>,
+    taken: Arc<Taken>,
 ) {
     loop {
         tokio::select! {
@@ -400,7 +438,10 @@ async fn send_input(
             },
             chunk = recv_opt(&mut stdin) => {
                 let sent = match &chunk {
-                    Some(Ok(data)) => writer.send_stream(&StreamMsg::Stdin(data)).await,
+                    Some(Ok(data)) => {
+                        taken.bytes.fetch_add(data.len() as u64, Ordering::AcqRel);
+                        writer.send_stream(&StreamMsg::Stdin(data)).await
+                    }
                     Some(Err(e)) => {
                         stdin = None;
                         *stdin_error.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -410,6 +451,7 @@ async fn send_input(
                     }
                     None => {
                         stdin = None;
+                        taken.ended.store(true, Ordering::Release);
                         writer.send_stream(&StreamMsg::StdinEof).await
                     }
                 };

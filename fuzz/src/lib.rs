@@ -345,6 +345,7 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         signal: None,
         timed_out: false,
         shutdown_signal: None,
+        stdin_cut: None,
     });
     for msg in [ServerMsg::Stdout(b"out"), ServerMsg::Stderr(b"err"), exit] {
         let mut body = Vec::new();

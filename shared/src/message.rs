@@ -236,6 +236,11 @@ pub struct ExitStatus {
     /// SIGKILL when it had to escalate), whatever the command then did: one that traps the
     /// signal and exits 0 still ended because of it.
     pub shutdown_signal: Option<i32>,
+    /// Set when the exchange ended with the command's stdin still open (the client had not
+    /// sent its end of input, and the command had not closed it): how many bytes of input the
+    /// agent had written to it. Input the client sent beyond that was dropped, and a process
+    /// still reading that stdin (a background child) saw an early end of input.
+    pub stdin_cut: Option<u64>,
 }
 
 /// The first sealed message from the client: what it asks of the agent. One per connection;
@@ -359,24 +364,33 @@ impl ExitStatus {
         let flags = u8::from(self.code.is_some())
             | u8::from(self.signal.is_some()) << 1
             | u8::from(self.timed_out) << 2
-            | u8::from(self.shutdown_signal.is_some()) << 3;
+            | u8::from(self.shutdown_signal.is_some()) << 3
+            | u8::from(self.stdin_cut.is_some()) << 4;
         put_u8(out, flags);
         put_i32(out, self.code.unwrap_or(0));
         put_i32(out, self.signal.unwrap_or(0));
         if let Some(signal) = self.shutdown_signal {
             put_i32(out, signal);
         }
+        if let Some(written) = self.stdin_cut {
+            put_u64(out, written);
+        }
     }
 
     /// Reads a status body.
     pub fn read(r: &mut Reader<'_>) -> Result<Self, ProtocolError> {
         let flags = r.u8()?;
-        if flags & !0b1111 != 0 {
+        if flags & !0b1_1111 != 0 {
             return Err(ProtocolError::Malformed("exit status flags"));
         }
         let code = r.i32()?;
         let signal = r.i32()?;
         let shutdown_signal = if flags & 8 != 0 { Some(r.i32()?) } else { None };
+        let stdin_cut = if flags & 16 != 0 {
+            Some(r.u64()?)
+        } else {
+            None
+        };
         // A process ends either with a code or by a signal, never both or neither.
         if (flags & 1 != 0) == (flags & 2 != 0) {
             return Err(ProtocolError::Malformed(
@@ -411,6 +425,7 @@ impl ExitStatus {
             signal: (flags & 2 != 0).then_some(signal),
             timed_out: flags & 4 != 0,
             shutdown_signal,
+            stdin_cut,
         })
     }
 }
@@ -809,14 +824,58 @@ mod tests {
         assert!(exit(0b1001, &[0, 0, 0, 15]).is_ok());
         // Without bit 3 the field is not there: four more bytes are trailing garbage.
         assert!(exit(0b0001, &[0, 0, 0, 15]).is_err());
-        // Bits above 3 stay unknown and refused.
-        for bit in 4..8 {
+        // Bits above 4 stay unknown and refused.
+        for bit in 5..8 {
             assert!(exit(1 << bit | 1, &[]).is_err(), "bit {bit}");
             assert!(
                 exit(1 << bit | 0b1001, &[0, 0, 0, 15]).is_err(),
                 "bit {bit}"
             );
         }
+    }
+
+    #[test]
+    fn an_exit_with_stdin_cut_carries_what_was_written() {
+        for status in [
+            ExitStatus {
+                code: Some(0),
+                stdin_cut: Some(65_536),
+                ..Default::default()
+            },
+            ExitStatus {
+                code: Some(0),
+                stdin_cut: Some(0),
+                shutdown_signal: Some(15),
+                ..Default::default()
+            },
+        ] {
+            server_round_trip(ServerMsg::Exit(status));
+        }
+        let mut body = Vec::new();
+        ExitStatus {
+            code: Some(0),
+            stdin_cut: Some(0x0102),
+            ..Default::default()
+        }
+        .encode(&mut body);
+        // Bit 4, then the count after the other fields, a big-endian u64.
+        assert_eq!(
+            body,
+            [0b1_0001, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2]
+        );
+        let exit = |flags: u8, extra: &[u8]| {
+            let mut b = vec![flags, 0, 0, 0, 0, 0, 0, 0, 0];
+            b.extend_from_slice(extra);
+            ServerMsg::decode(kind::EXIT, &b).map(|m| format!("{m:?}"))
+        };
+        // Without its eight bytes, cut short, or padded: refused.
+        assert!(exit(0b1_0001, &[]).is_err());
+        assert!(exit(0b1_0001, &[0; 7]).is_err());
+        assert!(exit(0b1_0001, &[0; 9]).is_err());
+        assert!(exit(0b1_0001, &[0; 8]).is_ok());
+        // With bit 3 too, the shutdown signal comes first.
+        assert!(exit(0b1_1001, &[0, 0, 0, 15, 0, 0, 0, 0, 0, 0, 0, 1]).is_ok());
+        assert!(exit(0b1_1001, &[0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 15]).is_err());
     }
 
     fn pty_body(rows: u16, cols: u16, term: &[u8]) -> Vec<u8> {

@@ -192,14 +192,16 @@ fn exit_status() -> impl Strategy<Value = ExitStatus> {
         Just((true, None)),
         (1..=64i32).prop_map(|s| (false, Some(s))),
     ];
-    (prop_oneof![code, signal], ended).prop_map(|((code, signal), (timed_out, shutdown_signal))| {
-        ExitStatus {
+    let stdin_cut = proptest::option::of(any::<u64>());
+    (prop_oneof![code, signal], ended, stdin_cut).prop_map(
+        |((code, signal), (timed_out, shutdown_signal), stdin_cut)| ExitStatus {
             code,
             signal,
             timed_out,
             shutdown_signal,
-        }
-    })
+            stdin_cut,
+        },
+    )
 }
 
 fn server_msg() -> impl Strategy<Value = Server> {

@@ -14,6 +14,7 @@ mod exec;
 mod exec_big;
 mod exec_cli;
 mod exec_drain;
+mod exec_input;
 mod exec_keys;
 mod exec_signals;
 mod exec_startup;

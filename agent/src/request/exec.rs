@@ -7,6 +7,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rexec_shared::frame::HEADER_LEN;
@@ -140,9 +142,14 @@ where
     };
     let (events_tx, events_rx) = mpsc::channel(4);
     let (gone_tx, mut gone) = watch::channel(false);
+    let input = Arc::new(Input {
+        pipe: tokio::sync::Mutex::new(child.stdin.take()),
+        written: AtomicU64::new(0),
+        closing: watch::channel(false).0,
+    });
     let reader_task = tokio::spawn(forward_client(
         reader,
-        child.stdin.take(),
+        input.clone(),
         events_tx.clone(),
         gone_tx,
         ctx.peer_closed,
@@ -172,13 +179,17 @@ where
         .run(&mut child, &mut writer, exited_tx, &events_tx)
         .await;
     outcome.bytes_out = pump.bytes_out;
+    // The command's stdin ends with the command: a pipe still open here is one the client
+    // had not ended yet.
+    let stdin_cut = input.cut().await;
     // The pump has told the watchdog that the command exited, so it has decided by now.
     let kill = watchdog.await.ok().flatten();
     let mut exit_sent = false;
     outcome.killed = kill.as_ref().map(|k| k.reason);
     match status {
         Ok(status) => {
-            let status = exit_status(status, kill.as_ref());
+            let mut status = exit_status(status, kill.as_ref());
+            status.stdin_cut = stdin_cut;
             outcome.status = Some(status);
             if pump.sending {
                 let sent = until_gone(&mut gone, async {
@@ -463,9 +474,38 @@ pub async fn start(
 
 /// Reads the client's messages while the command runs: stdin goes to the command, a cancel or
 /// the client's departure goes to the watchdog.
+/// The command's stdin and how far the client's input got into it. The pipe is `None` once
+/// the client's StdinEof closed it or the command closed its end.
+struct Input {
+    pipe: tokio::sync::Mutex<Option<ChildStdin>>,
+    written: AtomicU64,
+    /// Set when the command has ended: a write stalled on its stdin gives up.
+    closing: watch::Sender<bool>,
+}
+
+impl Input {
+    /// Closes the command's stdin once the command has ended. If it was still open and a
+    /// process still had it to read (a background child), says how many bytes it got: the
+    /// input that follows is lost to it, and it sees an end of input.
+    async fn cut(&self) -> Option<u64> {
+        self.closing.send_replace(true);
+        let pipe = self.pipe.lock().await.take()?;
+        let mut poll = libc::pollfd {
+            fd: std::os::fd::AsRawFd::as_raw_fd(&pipe),
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: one pollfd for a descriptor we own, no waiting.
+        let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+        // POLLERR on a pipe's write end: nobody has the read end, so nothing was lost to anyone.
+        let reader_left = ready == 1 && poll.revents & libc::POLLERR != 0;
+        (!reader_left).then(|| self.written.load(Ordering::Acquire))
+    }
+}
+
 async fn forward_client<R: AsyncRead + Unpin>(
     mut reader: SealedReader<R>,
-    mut stdin: Option<ChildStdin>,
+    input: Arc<Input>,
     events: mpsc::Sender<ClientEvent>,
     gone: watch::Sender<bool>,
     peer_closed: Box<dyn Fn() -> bool + Send + Sync>,
@@ -478,17 +518,38 @@ async fn forward_client<R: AsyncRead + Unpin>(
         };
         match msg {
             StreamMsg::Stdin(data) => {
+                let mut closing = input.closing.subscribe();
+                let mut stdin = input.pipe.lock().await;
                 let Some(pipe) = stdin.as_mut() else { continue };
-                match write_watching(pipe.write_all(data), &*peer_closed).await {
+                // Counted as it goes, so that an exchange ending mid-write says how far it got.
+                let write = async {
+                    let mut rest = data;
+                    while !rest.is_empty() {
+                        let n = pipe.write(rest).await?;
+                        if n == 0 {
+                            return Err(io::ErrorKind::WriteZero.into());
+                        }
+                        input.written.fetch_add(n as u64, Ordering::AcqRel);
+                        rest = &rest[n..];
+                    }
+                    Ok(())
+                };
+                let written = tokio::select! {
+                    w = write_watching(write, &*peer_closed) => w,
+                    // The command has ended: the rest of this input has nowhere to go (the
+                    // Exit says how much got there).
+                    _ = closing.wait_for(|c| *c) => continue,
+                };
+                match written {
                     StdinWrite::Done => {}
                     // The command closed its stdin; further input has nowhere to go.
-                    StdinWrite::Closed => stdin = None,
+                    StdinWrite::Closed => *stdin = None,
                     StdinWrite::PeerGone => {
                         break ("client closed the connection".to_owned(), Departure::Closed)
                     }
                 }
             }
-            StreamMsg::StdinEof => stdin = None,
+            StreamMsg::StdinEof => *input.pipe.lock().await = None,
             StreamMsg::Cancel { signal } => {
                 let _ = events.send(ClientEvent::Cancel(i32::from(signal))).await;
             }
@@ -506,6 +567,7 @@ async fn forward_client<R: AsyncRead + Unpin>(
         }
     };
     let _ = gone.send(true);
+    let stdin = input.pipe.lock().await.take();
     let _ = events.send(ClientEvent::Gone { reason, stdin, how }).await;
 }
 
@@ -620,6 +682,7 @@ pub fn exit_status(status: std::process::ExitStatus, kill: Option<&Kill>) -> Exi
         signal: status.signal(),
         timed_out: kill.is_some_and(|k| k.reason == KillReason::Timeout),
         shutdown_signal,
+        stdin_cut: None,
     }
 }
 

@@ -32,6 +32,9 @@ struct Record<'a> {
     agent_shutdown: bool,
     /// The signal it did that with, when it did.
     shutdown_signal: Option<i32>,
+    /// Bytes of input ctl had for the command that never reached it (its stdin closed when
+    /// the command ended), when there were any.
+    stdin_dropped: Option<u64>,
     stdout: String,
     stdout_encoding: &'static str,
     stdout_truncated: bool,
@@ -76,6 +79,7 @@ pub fn line(target: &str, outcome: &Outcome, stdout: Stream<'_>, stderr: Stream<
         timed_out,
         agent_shutdown: shutdown_signal.is_some(),
         shutdown_signal,
+        stdin_dropped: outcome.input_lost.map(|lost| lost.bytes),
         stdout: stdout_text,
         stdout_encoding,
         stdout_truncated: stdout.truncated,
@@ -109,6 +113,7 @@ mod tests {
         Outcome {
             ending,
             duration: Duration::from_millis(1234),
+            input_lost: None,
         }
     }
 
@@ -137,6 +142,7 @@ mod tests {
         assert_eq!(v["timed_out"], false);
         assert_eq!(v["agent_shutdown"], false);
         assert!(v["shutdown_signal"].is_null());
+        assert!(v["stdin_dropped"].is_null());
         assert_eq!(v["stdout"], "hi\n\"q\"");
         assert_eq!(v["stdout_encoding"], "utf-8");
         assert_eq!(v["stderr"], "");

@@ -170,8 +170,30 @@ pub fn is_tty(fd: i32) -> bool {
     unsafe { libc::isatty(fd) == 1 }
 }
 
-/// The line a target's failure or timeout is reported with, if it needs one.
+/// The lines a target's failure, timeout or lost input is reported with, if it needs any.
 pub fn diagnosis(target: &Target, outcome: &Outcome, timeout: Option<Duration>) -> Option<String> {
+    let ending = ending_diagnosis(target, outcome, timeout);
+    let Some(lost) = outcome.input_lost else {
+        return ending;
+    };
+    let more = if lost.ended {
+        ""
+    } else {
+        " (and ctl had not reached the end of its stdin)"
+    };
+    let line = format!(
+        "ctl: {target}: the command's stdin closed when it ended: {} bytes of input were not \
+         delivered{more}; a process still reading it got an early end of input\n",
+        lost.bytes
+    );
+    Some(ending.unwrap_or_default() + &line)
+}
+
+fn ending_diagnosis(
+    target: &Target,
+    outcome: &Outcome,
+    timeout: Option<Duration>,
+) -> Option<String> {
     let secs = timeout.map_or(0.0, |t| t.as_secs_f64());
     match &outcome.ending {
         Ending::Failed(failure) => Some(format!("ctl: {target}: {}\n", visible(&failure.to_string()))),
