@@ -559,7 +559,7 @@ async fn push(args: PushArgs) -> u8 {
     };
     let report: transfer::hub::Report = Box::new(|message| eprintln!("ctl: {message}"));
     let job = transfer::Push {
-        common: transfer_common(key, &settings, &args.copy),
+        common: transfer_common(key, &settings, &args.copy, args.targets.retry),
         hub: transfer::hub::Hub::new(sources, args.copy.recursive, report),
         request,
     };
@@ -600,7 +600,7 @@ async fn pull(args: PullArgs) -> u8 {
         Err(e) => return usage_error(format!("{e:#}")),
     };
     let job = transfer::Pull {
-        common: transfer_common(key, &settings, &args.copy),
+        common: transfer_common(key, &settings, &args.copy, args.targets.retry),
         request: rexec_shared::files::wire::PullRequest {
             paths: words.iter().map(|w| w.as_bytes().to_vec()).collect(),
             recursive: args.copy.recursive,
@@ -616,10 +616,12 @@ fn transfer_common(
     key: rexec_shared::keyfile::KeyEntry,
     settings: &Settings,
     copy: &CopyArgs,
+    retries: u32,
 ) -> transfer::Common {
     transfer::Common {
         key,
         connect_timeout: settings.connect_timeout,
+        retries,
         timeout: copy.timeout,
     }
 }

@@ -96,7 +96,9 @@ impl Sink {
                     return true;
                 }
                 let free = usize::try_from(size - queued.max(0)).unwrap_or(0);
-                len > free
+                // A pipe fills by pages: a reader stopped mid-page leaves less room than the
+                // byte count says, by up to two pages.
+                len + 2 * 4096 > free
             }
         }
     }

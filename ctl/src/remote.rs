@@ -211,6 +211,10 @@ fn secs(d: Duration) -> String {
     format!("{}s", d.as_secs_f64())
 }
 
+/// How patient to be with a target that cannot be reached: the connect timeout, the
+/// number of retries (`--retry`), and the stop that ends the retrying.
+pub type Patience = (Duration, u32, watch::Receiver<Option<i32>>);
+
 /// Connects to `target`, trying `retries` more times while it cannot be reached (a refused
 /// or timed-out connection: nothing can have run there), unless `cancel` fires.
 pub async fn connect_retrying(

@@ -56,6 +56,8 @@ pub struct FrameReader<R> {
     pos: usize,
     /// When bytes last arrived: a big frame coming slowly is a live peer too.
     last_bytes: Option<Instant>,
+    /// When the first bytes of the frame now arriving came.
+    frame_started: Option<Instant>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -66,6 +68,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             buf: Vec::new(),
             pos: 0,
             last_bytes: None,
+            frame_started: None,
         }
     }
 
@@ -85,8 +88,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if let Some((_, used)) = frame::parse(pending, max_len)? {
                 let start = self.pos;
                 self.pos += used;
+                // Bytes already here belong to the next frame, which started arriving now.
+                self.frame_started = (self.pos < self.buf.len()).then(Instant::now);
                 return Ok(Some(Span { start, used }));
             }
+            let starting = pending.is_empty();
             let wanted = match pending.get(..4) {
                 Some(len) => {
                     4 + u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize
@@ -101,7 +107,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             self.buf.reserve(wanted.clamp(MIN_READ, MAX_READ));
             let n = self.inner.read_buf(&mut self.buf).await?;
             if n > 0 {
-                self.last_bytes = Some(Instant::now());
+                let now = Instant::now();
+                self.last_bytes = Some(now);
+                if starting {
+                    self.frame_started = Some(now);
+                }
             }
             if n == 0 {
                 return if self.buf.is_empty() {
@@ -231,9 +241,15 @@ impl<R: AsyncRead + Unpin> SealedReader<R> {
                         break span;
                     }
                     // Part of a frame arrived meanwhile: the peer is there, its frame is big
-                    // or its link slow. The wait starts again from those bytes.
+                    // or its link slow. The wait starts again from those bytes, but one frame
+                    // gets at most twice the timeout: bytes are not authenticated until the
+                    // frame is whole, and a trickle must not keep a dead session alive.
+                    let young = self
+                        .frames
+                        .frame_started
+                        .is_some_and(|at| at.elapsed() < timeout.saturating_mul(2));
                     match self.frames.last_bytes {
-                        Some(at) if at > since => {
+                        Some(at) if at > since && young => {
                             since = at;
                             self.waiting_since = Some(since);
                         }
@@ -744,7 +760,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_big_frame_arriving_slowly_is_not_silence() {
-        // 256 KiB at 8 KiB/s: 32 s for one frame against a 3 s timeout. Each piece is life.
+        // 256 KiB in 4.8 s against a 3 s timeout: each piece is life, within twice the timeout.
         let keys = DirectionKeys {
             key: [7; 32],
             iv: [9; 12],
@@ -759,7 +775,7 @@ mod tests {
         reader.set_alive_timeout(Some(Duration::from_secs(3)));
         let sender = tokio::spawn(async move {
             for piece in wire.chunks(8 * 1024) {
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::time::sleep(Duration::from_millis(150)).await;
                 a.write_all(piece).await.unwrap();
             }
             a
@@ -767,6 +783,41 @@ mod tests {
         let (k, body) = reader.next().await.unwrap().unwrap();
         assert_eq!((k, body.len()), (kind::STDOUT, 256 * 1024));
         drop(sender.await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trickle_of_bytes_cannot_keep_a_session_alive_past_twice_the_timeout() {
+        // One byte every 2 s of a frame claiming 1 MiB, against a 3 s timeout: an attacker
+        // without keys gets the session at most 6 s, not the 24 days the frame would take.
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let (read, _) = tokio::io::split(b);
+        let mut reader = SealedReader::new(
+            FrameReader::new(read),
+            Opener::new(&DirectionKeys {
+                key: [7; 32],
+                iv: [9; 12],
+            }),
+        );
+        reader.set_alive_timeout(Some(Duration::from_secs(3)));
+        let trickle = tokio::spawn(async move {
+            let mut a = a;
+            a.write_all(&(1u32 << 20).to_be_bytes()).await.unwrap();
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                if a.write_all(&[0]).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let started = Instant::now();
+        let err = reader.next().await.unwrap_err();
+        assert!(matches!(err, ProtocolError::PeerSilent(_)), "{err:?}");
+        assert!(
+            started.elapsed() <= Duration::from_secs(9),
+            "{:?}",
+            started.elapsed()
+        );
+        trickle.abort();
     }
 
     #[tokio::test(start_paused = true)]

@@ -625,3 +625,22 @@ fn a_push_from_a_ctl_frozen_mid_transfer_is_ended_by_the_agent_and_leaves_nothin
         "nothing half-written"
     );
 }
+
+#[test]
+fn retry_applies_to_push_and_pull_of_an_unreachable_target() {
+    let agent = Agent::start();
+    let dir = scratch();
+    let src = dir.path().join("f");
+    std::fs::write(&src, b"x").unwrap();
+    let dead = crate::fleet::closed_port();
+    for (verb, args) in [
+        ("push", [dead.as_str(), s(&src), "/tmp/never"]),
+        ("pull", [dead.as_str(), "/etc/hostname", s(dir.path())]),
+    ] {
+        let mut all = vec!["-v", "--retry", "2"];
+        all.extend_from_slice(&args);
+        let run = copy(verb, &agent, &all).run();
+        run.expect_code(255);
+        assert_eq!(run.err().matches("retrying").count(), 2, "{verb}: {run}");
+    }
+}

@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 use crate::config::{Drain, ExecLimits};
 use crate::credentials::Credentials;
 use crate::process::{self, Child, Tree};
+use crate::request::linger::Linger;
 
 // Sizes and times are defined, with their reasons, in crate::config.
 pub const CHUNK: usize = ExecLimits::DEFAULT.chunk;
@@ -56,6 +57,8 @@ pub struct Outcome {
     pub bytes_out: u64,
     /// Time from the start of the command until its status was reported.
     pub duration: Duration,
+    /// The wait for the client to close, once the exit status was sent.
+    pub linger: Option<Linger>,
 }
 
 /// Settings and signals an exec needs from the server.
@@ -207,10 +210,7 @@ where
     }
     outcome.duration = started.elapsed();
     if exit_sent {
-        // The client may still be reading what was sent (its output paused) while its
-        // heartbeats arrive: closing with those unread would reset the connection and lose the
-        // rest. So the reader goes on until the client closes, or falls silent.
-        let _ = reader_task.await;
+        outcome.linger = Some(Linger::on(reader_task));
     } else {
         reader_task.abort();
     }

@@ -3,6 +3,7 @@
 //! ([`crate::policy::authorize`]) has let it through.
 
 pub mod exec;
+pub mod linger;
 mod ping;
 pub mod pty;
 pub mod pull;
@@ -59,6 +60,8 @@ pub async fn dispatch<R, W>(
         shutdown,
         peer_closed,
     } = ctx;
+    // Outlives the exchange: the wait after its final frame ends when the agent stops.
+    let mut stopping = shutdown.clone();
     let caller = Caller {
         key_id: &principal.key_id,
         peer: peer.ip(),
@@ -88,18 +91,21 @@ pub async fn dispatch<R, W>(
                 peer_closed,
                 user,
             };
-            let outcome = exec::run(req, reader, writer, ctx).await;
+            let mut outcome = exec::run(req, reader, writer, ctx).await;
             audit::command(peer, principal, &command, script.as_ref(), &outcome);
+            linger(outcome.linger.take(), &mut stopping).await;
         }
         Request::Push(req) => {
             let dest = req.dest.clone();
-            let outcome = push::run(req, reader, writer, shutdown, user).await;
+            let mut outcome = push::run(req, reader, writer, shutdown, user).await;
             audit::transfer(peer, principal, "push", &[dest], &outcome);
+            linger(outcome.linger.take(), &mut stopping).await;
         }
         Request::Pull(req) => {
             let paths = req.paths.clone();
-            let outcome = pull::run(req, reader, writer, shutdown, user).await;
+            let mut outcome = pull::run(req, reader, writer, shutdown, user).await;
             audit::transfer(peer, principal, "pull", &paths, &outcome);
+            linger(outcome.linger.take(), &mut stopping).await;
         }
         Request::Pty(req) => {
             let command = pty::audited_command(&req, user.as_ref());
@@ -110,9 +116,17 @@ pub async fn dispatch<R, W>(
                 peer_closed,
                 user,
             };
-            let outcome = pty::run(req, reader, writer, ctx).await;
+            let mut outcome = pty::run(req, reader, writer, ctx).await;
             audit::command(peer, principal, &command, None, &outcome);
+            linger(outcome.linger.take(), &mut stopping).await;
         }
+    }
+}
+
+/// After the audit record: waits for the client to close (see [`linger`]).
+async fn linger(wait: Option<linger::Linger>, stopping: &mut watch::Receiver<bool>) {
+    if let Some(wait) = wait {
+        wait.wait(stopping).await;
     }
 }
 

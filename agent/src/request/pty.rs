@@ -160,10 +160,7 @@ where
     }
     outcome.duration = started.elapsed();
     if exit_sent {
-        // The client may still be reading what was sent (its output paused) while its
-        // heartbeats arrive: closing with those unread would reset the connection and lose the
-        // rest. So the reader goes on until the client closes, or falls silent.
-        let _ = reader_task.await;
+        outcome.linger = Some(crate::request::linger::Linger::on(reader_task));
     } else {
         reader_task.abort();
     }

@@ -133,9 +133,7 @@ where
     drop(events);
     outcome.duration = started.elapsed();
     if result.is_ok() {
-        // The client may still be reading what was sent while its heartbeats arrive: closing
-        // with those unread would reset the connection and lose the rest. Wait for its close.
-        let _ = client.await;
+        outcome.linger = Some(crate::request::linger::Linger::on(client));
     } else {
         client.abort();
     }

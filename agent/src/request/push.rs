@@ -33,6 +33,8 @@ pub struct Outcome {
     pub error: Option<String>,
     /// Time from the request to the end.
     pub duration: Duration,
+    /// The wait for the client to close, once the result was sent.
+    pub linger: Option<crate::request::linger::Linger>,
 }
 
 /// Where a push writes: the root directory and, for a new path, the name the one top-level
@@ -102,7 +104,7 @@ pub async fn run<R, W>(
     user: Option<Credentials>,
 ) -> Outcome
 where
-    R: AsyncRead + Unpin,
+    R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin,
 {
     let started = Instant::now();
@@ -188,10 +190,18 @@ where
     };
     // Dropping the sender ends the thread; a file in progress is discarded with it.
     drop(handle);
-    if let Err(e) = result {
-        outcome.error = Some(e);
-    }
     outcome.duration = started.elapsed();
+    match result {
+        // Heartbeats the client sent while the last files were made safe are still unread.
+        Ok(()) => {
+            let drain =
+                tokio::spawn(
+                    async move { while let Ok(Some(_)) = reader.next_stream_msg().await {} },
+                );
+            outcome.linger = Some(crate::request::linger::Linger::on(drain));
+        }
+        Err(e) => outcome.error = Some(e),
+    }
     outcome
 }
 

@@ -69,12 +69,17 @@ impl Console {
             return Ok(());
         }
         let fd = if to == To::Out { 1 } else { 2 };
-        // A target whose write may stall waits for the lock off the runtime too: the holder
-        // may be stalled on the same full pipe.
         let stall = self.kinds[usize::from(to == To::Err)].may_stall(fd, bytes.len());
-        crate::output::off_runtime(stall, || {
+        // The lock is shared by both streams: a holder may be stalled on the other one, so a
+        // lock that is taken is waited for off the runtime too.
+        let held = match self.io.try_lock() {
+            Ok(io) => Some(io),
+            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        };
+        crate::output::off_runtime(stall || held.is_none(), || {
             // A panic while holding the lock leaves nothing half-updated that matters here.
-            let mut io = self.io.lock().unwrap_or_else(|e| e.into_inner());
+            let mut io = held.unwrap_or_else(|| self.io.lock().unwrap_or_else(|e| e.into_inner()));
             let mut write = || match to {
                 To::Out => io.stdout(bytes),
                 To::Err => io.stderr(bytes),

@@ -132,6 +132,8 @@ pub struct Common {
     pub key: KeyEntry,
     /// Bound on connecting and authenticating, per target.
     pub connect_timeout: Duration,
+    /// More tries for a target that could not be reached (`--retry`).
+    pub retries: u32,
     /// Bound on one target's whole transfer.
     pub timeout: Option<Duration>,
 }
@@ -177,7 +179,7 @@ impl Job for Push {
         let work = push::run(
             target,
             &c.key,
-            c.connect_timeout,
+            (c.connect_timeout, c.retries, stop.clone()),
             &self.hub,
             self.request.clone(),
             &mut note,
@@ -216,7 +218,7 @@ impl Job for Pull {
         let work = pull::run(
             target,
             &c.key,
-            c.connect_timeout,
+            (c.connect_timeout, c.retries, stop.clone()),
             request,
             root,
             self.keep_times,

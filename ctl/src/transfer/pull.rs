@@ -18,17 +18,18 @@ use crate::target::Target;
 pub async fn run(
     target: &Target,
     key: &KeyEntry,
-    connect_timeout: std::time::Duration,
+    (connect_timeout, retries, mut cancel): remote::Patience,
     request: PullRequest,
     root: PathBuf,
     keep_times: bool,
     note: &mut (dyn FnMut(&str) + Send),
 ) -> Transfer {
     let started = Instant::now();
-    let conn = match remote::connect(target, key, connect_timeout).await {
-        Ok(conn) => conn,
-        Err(failure) => return Transfer::failed(failure),
-    };
+    let conn =
+        match remote::connect_retrying(target, key, connect_timeout, retries, &mut cancel).await {
+            Ok(conn) => conn,
+            Err(failure) => return Transfer::failed(failure),
+        };
     let mut result = Transfer::default();
     let options = Options {
         root,

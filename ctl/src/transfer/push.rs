@@ -21,17 +21,18 @@ use crate::target::Target;
 pub async fn run(
     target: &Target,
     key: &KeyEntry,
-    connect_timeout: std::time::Duration,
+    (connect_timeout, retries, mut cancel): remote::Patience,
     hub: &Arc<Hub>,
     request: PushRequest,
     note: &mut (dyn FnMut(&str) + Send),
 ) -> Transfer {
     let started = Instant::now();
     let ticket = hub.arrive();
-    let conn = match remote::connect(target, key, connect_timeout).await {
-        Ok(conn) => conn,
-        Err(failure) => return Transfer::failed(failure),
-    };
+    let conn =
+        match remote::connect_retrying(target, key, connect_timeout, retries, &mut cancel).await {
+            Ok(conn) => conn,
+            Err(failure) => return Transfer::failed(failure),
+        };
     let events = ticket.ready();
     let (mut reader, mut writer) = conn.into_parts();
     if let Err(e) = writer.send_request(&Request::Push(request)).await {
