@@ -123,7 +123,7 @@ pub async fn dispatch<R, W>(
     }
 }
 
-/// After the audit record: waits for the client to close (see [`linger`]).
+/// After the audit record: waits for the client to close (see [`mod@linger`]).
 async fn linger(wait: Option<linger::Linger>, stopping: &mut watch::Receiver<bool>) {
     if let Some(wait) = wait {
         wait.wait(stopping).await;
