@@ -261,6 +261,11 @@ def main():
         target = TARGET_BULK_S * gib
         rows.append((f"{size_text} of stdout", fmt_time(bulk["median"]), f"<= {fmt_time(target)}",
                      verdict(bulk["median"] <= target)))
+    nolive = r.get("bulk_ctl_nolive")
+    if bulk and nolive:
+        cost = bulk["median"] / nolive["median"] - 1
+        rows.append((f"heartbeat's cost on {size_text} (vs `--alive-timeout 0`)", f"{cost * 100:+.1f} %",
+                     "<= 2 %", verdict(cost <= 0.02)))
     ctl_max, pdsh_max = r.get(f"fan_ctl_{n_max}"), r.get(f"fan_pdsh_{n_max}")
     if ctl_max:
         rows.append((f"`true` on {n_max} targets", fmt_time(ctl_max["median"]), "<= 1 s (at 500)",
@@ -436,6 +441,15 @@ def main():
             for g, s, bps, ns in sorted(frames, key=lambda f: (f[0], int(f[1]) if f[1].isdigit() else 0)):
                 thr = f"{bps / 1e9:.1f} GB/s" if bps else "per frame"
                 w(f"| {g} | {s} | {ns:.1f} ns | {thr} |")
+            w("")
+
+    # Sections measured by other scripts (bench/scale.sh, bench/group_memory.sh) are kept
+    # from the page being replaced: a rerun of this one must not drop their figures.
+    if args.out.exists():
+        old = args.out.read_text()
+        start, end = old.find("\n## 6. "), old.find("\n## Commands")
+        if start != -1 and end > start:
+            md.extend(old[start + 1:end].rstrip("\n").split("\n"))
             w("")
 
     w("## Commands")
