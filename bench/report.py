@@ -144,6 +144,10 @@ def chart(path, sizes, ours, peers, title):
     path.write_text("\n".join(parts) + "\n")
 
 
+# Marks where the sections measured by other scripts begin on the page.
+CARRIED = "<!-- Sections below, up to Commands, come from other scripts; kept on a rerun. -->"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--results", type=Path, required=True)
@@ -340,6 +344,10 @@ def main():
            ("bulk_ssh_aes128gcm", "ssh -c aes128-gcm@openssh.com"),
            ("bulk_local", f"local pipe floor: `head ... \\| cat`")], "bulk_ctl",
           unit_extra=lambda x: args.bytes / x["median"] / 1e6)
+    if r.get("bulk_ctl_nolive"):
+        w("The liveness-off row ran after ours, not run by run in turn with it, so drift of a shared")
+        w("machine between the two shows as a difference; `bench/ab.sh` (section 9) alternates them.")
+        w("")
 
     w("## 3. Fan-out: `true` on many targets")
     w("")
@@ -395,7 +403,7 @@ def main():
             data = json.loads((res / f"{name}.json").read_text())
             pty_runs.append((name, keys, cmd_text(cmd), data))
     if pty_runs:
-        w("## 6. Keystroke echo on a terminal (`exec -t`, `ssh -t`)")
+        w("## 5. Keystroke echo on a terminal (`exec -t`, `ssh -t`)")
         w("")
         w("Each client runs on a pseudo-terminal of `bench/pty_echo.py`'s, with `echo READY; exec cat`")
         w("on a remote terminal; one key at a time is typed and timed from its write to the read of")
@@ -416,7 +424,7 @@ def main():
 
     crit = criterion_results(args.criterion)
     if crit:
-        w("## 5. Micro-benchmarks (criterion, one core)")
+        w("## 6. Micro-benchmarks (criterion, one core)")
         w("")
         w("`cargo bench -p rexec-shared --bench seal --bench frame` (shared/benches/). Median of")
         w("criterion's samples; MB/s = 10^6 bytes per second of plaintext.")
@@ -447,7 +455,7 @@ def main():
     # from the page being replaced: a rerun of this one must not drop their figures.
     if args.out.exists():
         old = args.out.read_text()
-        start, end = old.find("\n## 6. "), old.find("\n## Commands")
+        start, end = old.find("\n" + CARRIED), old.find("\n## Commands")
         if start != -1 and end > start:
             md.extend(old[start + 1:end].rstrip("\n").split("\n"))
             w("")
