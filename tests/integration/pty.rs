@@ -51,7 +51,7 @@ fn the_command_gets_a_terminal_of_the_local_size_that_follows_a_resize() {
     let script = "tty; echo \"term=$TERM\"; stty size; trap 'stty size' WINCH; echo ready; \
                   for i in $(seq 600); do sleep 0.1; done";
     let mut term = session(&agent, &[], Some(script));
-    let before = term.modes();
+    let before = term.modes_before();
     term.wait_for("/dev/pts/", WAIT);
     term.wait_for("term=xterm-256color", WAIT);
     term.wait_for("24 80", WAIT);
@@ -70,7 +70,7 @@ fn the_command_gets_a_terminal_of_the_local_size_that_follows_a_resize() {
 fn ctrl_c_interrupts_a_remote_sleep_and_ctl_exits_130() {
     let agent = Agent::start();
     let mut term = session(&agent, &[], Some("echo pid=$$; exec sleep 600"));
-    let before = term.modes();
+    let before = term.modes_before();
     let pid = remote_pid(&mut term, "sleep");
     term.type_keys(b"\x03");
     let status = term.wait_exit(WAIT);
@@ -115,7 +115,7 @@ fn the_login_shell_runs_without_a_command() {
 fn the_terminal_modes_come_back_when_the_agent_is_killed_mid_session() {
     let agent = Agent::start();
     let mut term = session(&agent, &[], Some("echo pid=$$; exec sleep 600"));
-    let before = term.modes();
+    let before = term.modes_before();
     let pid = remote_pid(&mut term, "sleep");
     assert_ne!(term.modes(), before, "ctl's terminal is not in raw mode");
     agent.signal(libc::SIGKILL);
@@ -138,7 +138,7 @@ fn a_frozen_agent_ends_the_session_with_255_and_the_terminal_restored() {
         &["--alive-timeout", "2"],
         Some("echo pid=$$; exec sleep 600"),
     );
-    let before = term.modes();
+    let before = term.modes_before();
     let pid = remote_pid(&mut term, "sleep");
     agent.signal(libc::SIGSTOP);
     let status = term.wait_exit(WAIT);
@@ -181,7 +181,7 @@ fn sigterm_to_ctl_ends_the_session_and_restores_the_terminal() {
         &[],
         Some(&format!("echo pid=$$; exec sleep 600 # {tag}")),
     );
-    let before = term.modes();
+    let before = term.modes_before();
     let pid = remote_pid(&mut term, "sleep");
     term.signal(libc::SIGTERM);
     let status = term.wait_exit(WAIT);
@@ -196,7 +196,7 @@ fn tilde_dot_drops_the_session_and_the_remote_command_is_killed() {
     let tag = marker("pty-drop");
     let script = format!("echo pid=$$; exec sleep 601 # {tag}");
     let mut term = session(&agent, &[], Some(&script));
-    let before = term.modes();
+    let before = term.modes_before();
     let pid = remote_pid(&mut term, "sleep");
     term.type_keys(b"\r~.");
     let status = term.wait_exit(WAIT);
@@ -221,7 +221,7 @@ fn timeout_kills_the_session_with_124() {
         &["--timeout", "1"],
         Some("echo pid=$$; exec sleep 600"),
     );
-    let before = term.modes();
+    let before = term.modes_before();
     remote_pid(&mut term, "sleep");
     let status = term.wait_exit(WAIT);
     assert_eq!(status.code(), Some(124), "{}", term.screen());
@@ -330,7 +330,7 @@ fn a_session_the_agents_shutdown_ended_gives_143_even_if_it_exited_0() {
     let tag = marker("pty-shutdown");
     let script = format!("trap 'exit 0' TERM; echo ready; while :; do sleep 0.1; done # {tag}");
     let mut term = session(&agent, &[], Some(&script));
-    let before = term.modes();
+    let before = term.modes_before();
     term.wait_for("ready", WAIT);
     agent.signal(libc::SIGTERM);
     let status = term.wait_exit(WAIT);

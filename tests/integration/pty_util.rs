@@ -23,6 +23,8 @@ pub struct Terminal {
     child: KillOnDrop,
     screen: Vec<u8>,
     what: String,
+    /// The modes before the program started, which it must leave behind.
+    initial: String,
 }
 
 impl Terminal {
@@ -55,12 +57,15 @@ impl Terminal {
                 Ok(())
             });
         }
+        // Read before the spawn: the program may change them at once (ctl -t goes raw).
+        let initial = modes(slave.as_fd());
         let mut term = Self {
             master,
             slave,
             child: KillOnDrop(cmd.spawn().expect("spawn on the terminal")),
             screen: Vec::new(),
             what,
+            initial,
         };
         term.resize(rows, cols);
         term
@@ -185,6 +190,11 @@ impl Terminal {
     fn pending(&self) -> bool {
         let mut fds = [PollFd::new(&self.master, PollFlags::IN)];
         matches!(rustix::event::poll(&mut fds, Some(&Timespec::default())), Ok(n) if n > 0)
+    }
+
+    /// The terminal's modes before the program started.
+    pub fn modes_before(&self) -> String {
+        self.initial.clone()
     }
 
     /// The terminal's modes right now (every flag and special character), comparable.
