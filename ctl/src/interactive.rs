@@ -86,6 +86,8 @@ pub async fn run<O: Output>(
     let mut winch = signal(SignalKind::window_change()).ok();
     let mut cancel = cancel;
     let mut cancelled = false;
+    // A place in the queue for the next keys, taken as soon as there is one.
+    let mut room = None;
 
     let result = loop {
         tokio::select! {
@@ -115,10 +117,11 @@ pub async fn run<O: Output>(
                 )),
                 Err(e) => break Err(remote::stream_failure(e)),
             },
-            // Keys are read only while there is room to queue them: a loop stalled on a full
+            // Keys are read only once there is room to queue them: a loop stalled on a full
             // queue (an agent that reads no input) would stop watching the agent, and miss it
-            // falling silent.
-            typed = recv_keys(&mut keys), if out_tx.capacity() > 0 => match typed {
+            // falling silent. The room is waited for here, so keys flow again at once.
+            permit = out_tx.clone().reserve_owned(), if room.is_none() => room = permit.ok(),
+            typed = recv_keys(&mut keys), if room.is_some() => match typed {
                 Some(Ok(typed)) => {
                     let mut send = Vec::with_capacity(typed.len());
                     let action = match &mut escape {
@@ -128,9 +131,8 @@ pub async fn run<O: Output>(
                             Action::Forward
                         }
                     };
-                    if !send.is_empty() {
-                        // Room was checked above, and this loop is the only sender.
-                        let _ = out_tx.try_send(Outgoing::Keys(send));
+                    if let (false, Some(permit)) = (send.is_empty(), room.take()) {
+                        permit.send(Outgoing::Keys(send));
                     }
                     if action == Action::Disconnect {
                         break Err(Failure::Stream(
