@@ -35,6 +35,11 @@ impl Passthrough {
         }
     }
 
+    /// What stdout and stderr are, as found when this was made.
+    pub fn kinds(&self) -> [Sink; 2] {
+        self.kinds
+    }
+
     /// Whether writing `len` bytes to stdout (`fd` 1) or stderr (2) may stall.
     pub fn may_stall(&self, fd: i32, len: usize) -> bool {
         self.kinds[usize::from(fd == 2)].may_stall(fd, len)

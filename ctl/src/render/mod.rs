@@ -50,9 +50,10 @@ pub struct Console {
 impl Console {
     /// A console, with a progress bar when one is given.
     pub fn new(progress: Option<Arc<Progress>>) -> Self {
+        let io = Passthrough::new();
         Self {
-            io: Mutex::new(Passthrough::new()),
-            kinds: [Sink::of(1), Sink::of(2)],
+            kinds: io.kinds(),
+            io: Mutex::new(io),
             progress,
             stdout_is_tty: is_tty(1),
         }
