@@ -117,6 +117,33 @@ fn a_frozen_ctl_makes_the_agent_end_the_command_tree_and_audit_it() {
 }
 
 #[test]
+fn a_frozen_ctl_with_output_backed_up_still_gets_its_command_ended_and_audited() {
+    // `yes` fills the frozen ctl's window, so the agent's send stalls for good: it must be cut
+    // short when the silence is noticed, or the exchange never ends and never is audited.
+    let agent = Agent::start_with(&["--alive-timeout", "2"]);
+    let mut child = KillOnDrop(
+        ctl([
+            "exec",
+            "--key-file",
+            agent.key_file.to_str().unwrap(),
+            &agent.target(),
+            "yes",
+        ])
+        .spawn(),
+    );
+    let out = LineReader::new(child.stdout.take().unwrap());
+    assert_eq!(out.next(BOUND).as_deref(), Some("y\n"));
+    child.signal(libc::SIGSTOP);
+    let log = agent.wait_for_log("command finished", BOUND);
+    child.signal(libc::SIGCONT);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("command finished") && l.contains("client silent for 2s")),
+        "{log}"
+    );
+}
+
+#[test]
 fn without_an_alive_timeout_ctl_waits_for_a_frozen_agent() {
     // `--alive-timeout 0`: the user asked never to give up; the agent thawed, ctl goes on.
     let agent = Agent::start();
