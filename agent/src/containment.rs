@@ -15,6 +15,7 @@
 
 use std::collections::HashSet;
 use std::io;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
@@ -95,47 +96,34 @@ fn check_probe(probe: &Path) -> Result<(), String> {
             probe.display()
         ));
     }
-    let mut cmd = std::process::Command::new("/bin/sh");
-    cmd.args(["-c", ":"]);
-    let procs = join_on_exec(&mut cmd, probe)
-        .map_err(|e| format!("cannot use cgroup {}: {e}", probe.display()))?;
-    let status = cmd
-        .status()
+    // Through the agent's own spawn, so the probe tries the very path commands take.
+    let mut cmd = crate::spawn::Command::new("/bin/sh");
+    cmd.arg0("sh").arg("-c").arg(":");
+    let procs =
+        procs_of(probe).map_err(|e| format!("cannot use cgroup {}: {e}", probe.display()))?;
+    let started = crate::spawn::spawn(cmd, Some(procs.as_fd()), None)
         .map_err(|e| format!("cannot start a process in cgroup {}: {e}", probe.display()))?;
-    drop(procs);
-    if !status.success() {
+    let status = crate::spawn::wait_blocking(started.pid).map_err(|e| {
+        format!(
+            "cannot wait for a process in cgroup {}: {e}",
+            probe.display()
+        )
+    })?;
+    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
         return Err(format!(
-            "a process started in cgroup {} failed: {status}",
+            "a process started in cgroup {} failed: wait status {status}",
             probe.display()
         ));
     }
     Ok(())
 }
 
-/// Makes `cmd`'s process move itself into the cgroup `dir` before exec. Returns the open
-/// `cgroup.procs`, which must stay open until the spawn returned.
-pub(crate) fn join_on_exec(
-    cmd: &mut std::process::Command,
-    dir: &Path,
-) -> io::Result<std::fs::File> {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::process::CommandExt;
-
-    let procs = std::fs::OpenOptions::new()
+/// The cgroup `dir`'s `cgroup.procs`, open for the child to write itself into: it must stay
+/// open until the spawn returned.
+pub(crate) fn procs_of(dir: &Path) -> io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
         .write(true)
-        .open(dir.join("cgroup.procs"))?;
-    let fd = procs.as_raw_fd();
-    // SAFETY: write(2) is async-signal-safe; fd stays open in the parent until the spawn is
-    // over, and the child has its copy. Writing "0" moves the writing process.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    Ok(procs)
+        .open(dir.join("cgroup.procs"))
 }
 
 /// The agent's own cgroup v2 directory, from /proc/self/cgroup and the cgroup2 mount.
@@ -225,7 +213,13 @@ async fn reap_orphans() {
             }
             None => tokio::time::sleep(std::time::Duration::from_secs(1)).await,
         }
-        let leaders = LEADERS.lock().unwrap_or_else(|e| e.into_inner());
+        // Held across each spawn, which a user's FUSE mount can hold up: try again later
+        // rather than stall a worker.
+        let leaders = match LEADERS.try_lock() {
+            Ok(leaders) => leaders,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => continue,
+        };
         for (pid, stat) in crate::process::scan() {
             let held = leaders.as_ref().is_some_and(|l| l.contains(&pid));
             if stat.ppid == me && stat.zombie && !held {

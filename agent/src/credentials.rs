@@ -131,7 +131,13 @@ impl Credentials {
     }
 }
 
-/// The privilege drop, prepared in the agent and run in the forked child.
+// The raw credential calls below are the 32-bit-id ones only on 64-bit targets (on i386 and arm
+// the plain numbers take 16-bit ids, and a group list would be misread).
+#[cfg(not(target_pointer_width = "64"))]
+compile_error!("the agent's privilege drop needs a 64-bit target");
+
+/// The privilege drop, prepared in the agent and run in the child before exec (see
+/// [`crate::spawn`]).
 #[derive(Debug, Clone)]
 pub struct Switch {
     uid: libc::uid_t,
@@ -142,37 +148,63 @@ pub struct Switch {
 }
 
 impl Switch {
-    /// Drops to the user and changes directory. Only for the child between fork and exec: it
-    /// allocates nothing and makes only async-signal-safe calls. An error fails the spawn, so
+    /// Drops to the user and changes directory. Only for the child between clone and exec: it
+    /// allocates nothing and makes only plain system calls. An error fails the spawn, so
     /// nothing runs with the agent's rights by mistake.
     pub fn run_in_child(&self) -> io::Result<()> {
-        let check = |rc: libc::c_int| {
+        // The raw system calls, not glibc's wrappers: those bring every thread of the process
+        // to the same credentials (the setxid broadcast, through glibc's thread list and its
+        // locks), shared state that a child in the agent's memory (crate::spawn) must not use.
+        //
+        // The directory is entered with the user's file-system rights (fsuid) while the real
+        // and saved uid are still root's: a chdir can be held up (a FUSE mount of the user's),
+        // and all that time the child shares the agent's memory, so the user must not be able
+        // to signal or trace it. Only then the uid changes, and exec follows at once.
+        let raw = |call: libc::c_long, a: libc::c_long, b: libc::c_long, c: libc::c_long| {
+            // SAFETY: a credential system call with integer arguments, or setgroups with the
+            // list below, which outlives the call.
+            unsafe { libc::syscall(call, a, b, c) }
+        };
+        let check = |rc: libc::c_long| {
             if rc == 0 {
                 Ok(())
             } else {
                 Err(io::Error::last_os_error())
             }
         };
-        // SAFETY: plain system calls on owned, initialised data (the group list outlives the
-        // call); none touches memory the forked child shares with other threads.
+        let (uid, gid) = (libc::c_long::from(self.uid), libc::c_long::from(self.gid));
+        check(raw(
+            libc::SYS_setgroups,
+            self.groups.len() as libc::c_long,
+            self.groups.as_ptr() as libc::c_long,
+            0,
+        ))?;
+        check(raw(libc::SYS_setresgid, gid, gid, gid))?;
+        raw(libc::SYS_setfsuid, uid, 0, 0);
+        // setfsuid reports no error: asking again (with an id it refuses) returns the one in force.
+        if raw(libc::SYS_setfsuid, -1, 0, 0) != uid {
+            return Err(io::Error::from_raw_os_error(libc::EPERM));
+        }
+        // SAFETY: chdir with NUL-terminated paths that outlive the call.
         unsafe {
-            check(libc::setgroups(self.groups.len(), self.groups.as_ptr()))?;
-            check(libc::setgid(self.gid))?;
-            check(libc::setuid(self.uid))?;
-            let dropped = libc::getuid() == self.uid
-                && libc::geteuid() == self.uid
-                && libc::getgid() == self.gid
-                && libc::getegid() == self.gid;
-            // setuid from root sets the saved uid too; were it left at 0, this would succeed.
-            if !dropped || (self.uid != 0 && libc::setuid(0) == 0) {
-                return Err(io::Error::from_raw_os_error(libc::EPERM));
-            }
             if libc::chdir(self.dir.as_ptr()) != 0 {
                 if self.dir_required {
                     return Err(io::Error::last_os_error());
                 }
-                check(libc::chdir(c"/".as_ptr()))?;
+                check(libc::c_long::from(libc::chdir(c"/".as_ptr())))?;
             }
+        }
+        check(raw(libc::SYS_setresuid, uid, uid, uid))?;
+        // SAFETY: plain queries of this process's ids.
+        let dropped = unsafe {
+            libc::getuid() == self.uid
+                && libc::geteuid() == self.uid
+                && libc::getgid() == self.gid
+                && libc::getegid() == self.gid
+        };
+        // Were the saved uid left at 0, getting root back would succeed.
+        if !dropped || (self.uid != 0 && raw(libc::SYS_setresuid, 0, 0, 0) == 0) {
+            return Err(io::Error::from_raw_os_error(libc::EPERM));
         }
         Ok(())
     }
@@ -233,6 +265,12 @@ fn getpwnam(name: &CStr) -> io::Result<Option<PasswdEntry>> {
         // SAFETY: on success the strings point into buf (alive here) and are NUL-terminated,
         // or are null, which cstr_path handles.
         let (home, shell) = unsafe { (cstr_path(pwd.pw_dir), cstr_path(pwd.pw_shell)) };
+        // An empty shell field means /bin/sh, as for login(1).
+        let shell = if shell.as_os_str().is_empty() {
+            PathBuf::from("/bin/sh")
+        } else {
+            shell
+        };
         return Ok(Some((pwd.pw_uid, pwd.pw_gid, home, shell)));
     }
 }

@@ -14,6 +14,7 @@ mod policy;
 mod process;
 mod request;
 mod server;
+mod spawn;
 mod tty;
 
 use std::process::ExitCode;

@@ -1,22 +1,27 @@
 //! Process control in one place: starting a command's process tree, signalling every process
 //! in it, checking that it is gone, and the TERM-then-KILL grace.
 //!
-//! Callers build a `std::process::Command` (program, arguments, environment, stdio: pipes or a
-//! terminal) and hand it to [`spawn`], which adds the containment's pre-exec step (see
+//! Callers build a [`spawn::Command`] (program, arguments, environment, stdio: pipes or a
+//! terminal) and hand it to [`spawn`], which starts it in the containment in force (see
 //! [`crate::containment`]) and returns the leader as a [`Child`] plus a [`Tree`] handle that
 //! reaches everything the command starts, whichever process group or session it moves to.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
-use std::os::unix::process::CommandExt;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::io::unix::AsyncFd;
+use tokio::net::unix::pipe;
+
 use crate::containment::{self, Containment, LEADERS};
 use crate::credentials::Switch;
+use crate::spawn::{self, Command};
 
 /// How often a tree being killed is checked for survivors.
 const GONE_POLL: Duration = Duration::from_millis(20);
@@ -26,45 +31,128 @@ const KILL_WAIT: Duration = Duration::from_secs(2);
 const CGROUP_REMOVE_RETRY: Duration = Duration::from_secs(1);
 /// Commands being started at once.
 const SPAWNS_AT_ONCE: usize = 4;
+/// How often a leader's exit is looked for where the kernel has no pidfd (before Linux 5.3).
+const EXIT_POLL: Duration = Duration::from_millis(10);
 /// The environment variable that marks a command's processes under the subreaper.
 pub const TREE_MARKER: &str = "REXEC_TREE";
 
-/// The command's leader; while it is held, the orphan reaper leaves its status to it.
+/// The command's leader and the agent's ends of its pipes; while it is held, the orphan reaper
+/// leaves its status to it. Dropped before it was waited for, it is reaped in the background.
 pub struct Child {
-    inner: tokio::process::Child,
     pid: i32,
+    /// Readable once the leader has exited; `None` where the kernel has no pidfd.
+    exited: Option<AsyncFd<OwnedFd>>,
+    status: Option<ExitStatus>,
+    /// The background reaper's own copy, which must not hand itself on again when dropped.
+    detached: bool,
+    pub stdin: Option<pipe::Sender>,
+    pub stdout: Option<pipe::Receiver>,
+    pub stderr: Option<pipe::Receiver>,
 }
 
-impl std::ops::Deref for Child {
-    type Target = tokio::process::Child;
-    fn deref(&self) -> &Self::Target {
-        &self.inner
+impl Child {
+    /// The leader's pid.
+    #[cfg(test)]
+    pub fn id(&self) -> i32 {
+        self.pid
     }
-}
 
-impl std::ops::DerefMut for Child {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.inner
+    /// Waits for the leader to exit and reaps it. Cancel-safe.
+    pub async fn wait(&mut self) -> io::Result<ExitStatus> {
+        loop {
+            if let Some(status) = self.status {
+                return Ok(status);
+            }
+            if let Some(status) = self.try_wait()? {
+                return Ok(status);
+            }
+            match &self.exited {
+                Some(fd) => fd.readable().await?.clear_ready(),
+                None => tokio::time::sleep(EXIT_POLL).await,
+            }
+        }
+    }
+
+    fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        let mut raw = 0;
+        // SAFETY: waitpid writes the status into a local; the pid is this Child's own, which
+        // nothing else reaps while it is held.
+        match unsafe { libc::waitpid(self.pid, &mut raw, libc::WNOHANG) } {
+            0 => Ok(None),
+            pid if pid == self.pid => {
+                let status = ExitStatus::from_raw(raw);
+                self.status = Some(status);
+                Ok(Some(status))
+            }
+            _ => {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    Ok(None)
+                } else {
+                    Err(err)
+                }
+            }
+        }
     }
 }
 
 impl Drop for Child {
     fn drop(&mut self) {
-        let mut leaders = LEADERS.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(set) = leaders.as_mut() {
-            set.remove(&self.pid);
+        let running = self.status.is_none() && matches!(self.try_wait(), Ok(None));
+        if running && !self.detached {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let mut rest = Child {
+                    pid: self.pid,
+                    exited: self.exited.take(),
+                    status: None,
+                    detached: true,
+                    stdin: None,
+                    stdout: None,
+                    stderr: None,
+                };
+                // `rest` takes the pid out of LEADERS once it has reaped it (or, should the
+                // runtime be shutting down, at once).
+                rt.spawn(async move {
+                    let _ = rest.wait().await;
+                });
+                return;
+            }
         }
+        release_leader(self.pid);
+    }
+}
+
+/// Takes `pid` out of LEADERS. The lock is held across a spawn, which a user's FUSE mount can
+/// hold up: never wait for it on an async worker.
+fn release_leader(pid: i32) {
+    let remove = move |leaders: &mut Option<HashSet<i32>>| {
+        if let Some(set) = leaders.as_mut() {
+            set.remove(&pid);
+        }
+    };
+    match LEADERS.try_lock() {
+        Ok(mut leaders) => remove(&mut leaders),
+        Err(std::sync::TryLockError::Poisoned(e)) => remove(&mut e.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn_blocking(move || {
+                    remove(&mut LEADERS.lock().unwrap_or_else(|e| e.into_inner()));
+                });
+            }
+            Err(_) => remove(&mut LEADERS.lock().unwrap_or_else(|e| e.into_inner())),
+        },
     }
 }
 
 /// Starts `cmd` in the containment in force and returns its leader with the handle on its tree;
 /// with `user`, the command runs as that user (see [`Switch`]).
 ///
-/// `cmd` must make the leader lead a new process group: `process_group(0)` for a command on
-/// pipes, `setsid()` in a pre-exec step for one on a terminal. The work (a cgroup made, a fork)
-/// runs on the blocking pool, so that many commands starting at once do not stall handshakes.
+/// The leader leads a process group of its own, or, for a command on a terminal
+/// ([`Command::session_on_stdin`]), a session. The work (a cgroup made, the spawn, which waits
+/// for the exec and for a directory that may be slow to enter) runs on the blocking pool, so
+/// that commands starting do not stall handshakes.
 pub async fn spawn(cmd: Command, user: Option<Switch>) -> io::Result<(Child, Tree)> {
-    // A few at a time: hundreds of forks at once would take the CPU from the handshakes and
+    // A few at a time: hundreds of spawns at once would take the CPU from the handshakes and
     // output of everything else.
     static STARTING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(SPAWNS_AT_ONCE);
     let _turn = STARTING.acquire().await.map_err(io::Error::other)?;
@@ -80,12 +168,6 @@ fn spawn_now(mut cmd: Command, user: Option<Switch>) -> io::Result<(Child, Tree)
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     );
-    // Pre-exec steps run in the forked child, in the order they are added, so they use only
-    // async-signal-safe calls:
-    // 1. joining the command's cgroup (needs the agent's own rights over it);
-    // 2. privilege dropping, the last one, after every step that needs the agent's own rights.
-    //    (Not with CommandExt::uid/gid: std applies those before any pre-exec step, and sets no
-    //    supplementary groups.)
     let (kind, procs) = match containment::current() {
         Containment::Cgroup { parent } => {
             let dir = parent.join(format!("rexec-{id}"));
@@ -95,7 +177,7 @@ fn spawn_now(mut cmd: Command, user: Option<Switch>) -> io::Result<(Child, Tree)
                     format!("cannot create cgroup {}: {e}", dir.display()),
                 )
             })?;
-            match containment::join_on_exec(&mut cmd, &dir) {
+            match containment::procs_of(&dir) {
                 Ok(procs) => (Kind::Cgroup(dir), Some(procs)),
                 Err(e) => {
                     let _ = std::fs::remove_dir(&dir);
@@ -111,29 +193,20 @@ fn spawn_now(mut cmd: Command, user: Option<Switch>) -> io::Result<(Child, Tree)
             )
         }
     };
-    if let Some(switch) = user {
-        // SAFETY: run_in_child allocates nothing and makes only async-signal-safe calls.
-        unsafe {
-            cmd.pre_exec(move || switch.run_in_child());
-        }
-    }
+    let cgroup = procs.as_ref().map(|f| f.as_fd());
     let spawned = if procs.is_some() {
         // No orphan reaper runs with a cgroup: nothing to tell it.
-        tokio::process::Command::from(cmd).spawn()
+        spawn::spawn(cmd, cgroup, user.as_ref())
     } else {
         let mut leaders = LEADERS.lock().unwrap_or_else(|e| e.into_inner());
-        let spawned = tokio::process::Command::from(cmd).spawn();
-        if let Ok(pid) = spawned
-            .as_ref()
-            .map(|c| c.id().and_then(|id| i32::try_from(id).ok()))
-        {
-            leaders.get_or_insert_with(HashSet::new).extend(pid);
+        let spawned = spawn::spawn(cmd, cgroup, user.as_ref());
+        if let Ok(s) = &spawned {
+            leaders.get_or_insert_with(HashSet::new).insert(s.pid);
         }
         spawned
     };
-    drop(procs);
-    let inner = match spawned {
-        Ok(child) => child,
+    let spawned = match spawned {
+        Ok(spawned) => spawned,
         Err(e) => {
             if let Kind::Cgroup(dir) = &kind {
                 let _ = std::fs::remove_dir(dir);
@@ -141,15 +214,50 @@ fn spawn_now(mut cmd: Command, user: Option<Switch>) -> io::Result<(Child, Tree)
             return Err(e);
         }
     };
-    let tree = Tree(Arc::new(Inner {
-        leader: inner
-            .id()
-            .and_then(|id| i32::try_from(id).ok())
-            .unwrap_or(0),
-        kind,
-    }));
-    let pid = tree.leader();
-    Ok((Child { inner, pid }, tree))
+    drop(procs);
+    let pid = spawned.pid;
+    // Made before anything else can happen to the pid: it stays the leader's (a zombie at
+    // worst) until this Child reaps it.
+    let mut child = Child {
+        pid,
+        exited: pidfd(pid),
+        status: None,
+        detached: false,
+        stdin: None,
+        stdout: None,
+        stderr: None,
+    };
+    let tree = Tree(Arc::new(Inner { leader: pid, kind }));
+    let pipes = (|| {
+        child.stdin = spawned.stdin.map(pipe::Sender::from_owned_fd).transpose()?;
+        child.stdout = spawned
+            .stdout
+            .map(pipe::Receiver::from_owned_fd)
+            .transpose()?;
+        child.stderr = spawned
+            .stderr
+            .map(pipe::Receiver::from_owned_fd)
+            .transpose()?;
+        io::Result::Ok(())
+    })();
+    if let Err(e) = pipes {
+        // Started, but not to be had: nothing of it may keep running. Dropping the Child
+        // reaps the leader, dropping the Tree removes its cgroup.
+        tree.signal(libc::SIGKILL);
+        return Err(e);
+    }
+    Ok((child, tree))
+}
+
+/// A pidfd for `pid`, registered with the runtime; `None` where the kernel has none.
+fn pidfd(pid: i32) -> Option<AsyncFd<OwnedFd>> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, libc::O_NONBLOCK) };
+    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: a descriptor just made, owned by nothing else; the AsyncFd owns it from here
+    // until it is dropped.
+    unsafe { AsyncFd::register(OwnedFd::from_raw_fd(fd)) }.ok()
 }
 
 /// Everything a command started, however it moved.

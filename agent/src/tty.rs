@@ -9,16 +9,16 @@
 
 use std::ffi::{CStr, OsString};
 use std::io;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStringExt;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::Stdio;
 
 use rustix::fs::{Mode, OFlags};
 use rustix::pty::OpenptFlags;
 use rustix::termios::Winsize;
 use tokio::io::unix::AsyncFd;
+
+use crate::spawn::Stdio;
 
 /// A terminal's size in character cells.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,22 +77,12 @@ impl Pty {
     }
 
     /// Sets `cmd` up to run on this terminal: stdin, stdout and stderr on the slave, in a new
-    /// session whose controlling terminal it is. `cmd` must not also ask for a process group
-    /// of its own: a new session is one already, and `setsid` refuses a group leader.
-    pub fn attach(&self, cmd: &mut std::process::Command) -> io::Result<()> {
-        cmd.stdin(Stdio::from(self.slave.try_clone()?))
-            .stdout(Stdio::from(self.slave.try_clone()?))
-            .stderr(Stdio::from(self.slave.try_clone()?));
-        // SAFETY: between fork and exec only async-signal-safe calls are made: setsid and an
-        // ioctl, both plain system calls that allocate nothing.
-        unsafe {
-            cmd.pre_exec(|| {
-                rustix::process::setsid()?;
-                // The slave is fd 0 by now (std sets up stdio before running this).
-                rustix::process::ioctl_tiocsctty(BorrowedFd::borrow_raw(0))?;
-                Ok(())
-            });
-        }
+    /// session whose controlling terminal it is.
+    pub fn attach(&self, cmd: &mut crate::spawn::Command) -> io::Result<()> {
+        cmd.stdin(Stdio::Fd(self.slave.try_clone()?))
+            .stdout(Stdio::Fd(self.slave.try_clone()?))
+            .stderr(Stdio::Fd(self.slave.try_clone()?))
+            .session_on_stdin();
         Ok(())
     }
 
@@ -215,14 +205,14 @@ pub fn login_shell(uid: u32) -> PathBuf {
 
 /// The command that starts `shell` as a login shell: `argv[0]` is its name with a leading
 /// `-`, as login(1) and sshd do, so that it reads the user's profile.
-pub fn login_command(shell: &std::path::Path) -> std::process::Command {
+pub fn login_command(shell: &std::path::Path) -> crate::spawn::Command {
     let name = shell
         .file_name()
         .map(|n| n.to_os_string())
         .unwrap_or_else(|| OsString::from("sh"));
     let mut arg0 = OsString::from("-");
     arg0.push(name);
-    let mut cmd = std::process::Command::new(shell);
+    let mut cmd = crate::spawn::Command::new(shell);
     cmd.arg0(arg0);
     cmd
 }
@@ -242,12 +232,10 @@ mod tests {
         input: &[u8],
     ) -> (String, std::process::ExitStatus) {
         let pty = Pty::open(size).expect("open a pty");
-        let mut cmd = std::process::Command::new("sh");
+        let mut cmd = crate::spawn::Command::new("/bin/sh");
         cmd.arg("-c").arg(script);
         pty.attach(&mut cmd).expect("attach");
-        let mut child = tokio::process::Command::from(cmd)
-            .spawn()
-            .expect("spawn sh");
+        let (mut child, _tree) = crate::process::spawn(cmd, None).await.expect("spawn sh");
         let master = pty.into_master().expect("master");
         after_start(&master);
         master.write_all(input).await.expect("type");
@@ -315,13 +303,13 @@ mod tests {
     #[tokio::test]
     async fn ctrl_c_typed_interrupts_the_foreground_program() {
         let pty = Pty::open(Size { rows: 24, cols: 80 }).expect("open");
-        let mut cmd = std::process::Command::new("sh");
+        let mut cmd = crate::spawn::Command::new("/bin/sh");
         cmd.arg("-c").arg("exec sleep 60");
         pty.attach(&mut cmd).expect("attach");
-        let mut child = tokio::process::Command::from(cmd).spawn().expect("spawn");
+        let (mut child, _tree) = crate::process::spawn(cmd, None).await.expect("spawn");
         let master = pty.into_master().expect("master");
         // Ready once `sleep` runs in front: the line discipline signals whoever is there.
-        let pid = child.id().expect("pid");
+        let pid = child.id();
         let ready = async {
             loop {
                 let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
@@ -361,10 +349,18 @@ mod tests {
 
     #[test]
     fn a_login_command_names_itself_with_a_leading_dash() {
-        let out = login_command(std::path::Path::new("/bin/sh"))
-            .args(["-c", "echo \"$0\""])
-            .output()
-            .expect("run sh");
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "-sh\n");
+        let mut cmd = login_command(std::path::Path::new("/bin/sh"));
+        cmd.arg("-c")
+            .arg("echo \"$0\"")
+            .stdout(crate::spawn::Stdio::Piped);
+        let started = crate::spawn::spawn(cmd, None, None).expect("run sh");
+        let mut out = String::new();
+        std::io::Read::read_to_string(
+            &mut std::fs::File::from(started.stdout.expect("stdout")),
+            &mut out,
+        )
+        .expect("read");
+        crate::spawn::wait_blocking(started.pid).expect("wait");
+        assert_eq!(out, "-sh\n");
     }
 }

@@ -92,6 +92,8 @@ pub struct ServerHandshake {
     hello: Vec<u8>,
     nonce: [u8; 32],
     eph: StaticSecret,
+    /// `eph`'s public key, made once: a scalar multiplication is most of a hello's cost.
+    eph_pub: [u8; 32],
 }
 
 /// What the agent has once the client is authenticated.
@@ -111,6 +113,9 @@ pub struct ClientHandshake {
     agent_key: Secret,
     nonce: [u8; 32],
     eph: StaticSecret,
+    /// `eph`'s public key, made with the state (before the agent's hello is in, so off the
+    /// round trip's path).
+    eph_pub: [u8; 32],
 }
 
 /// The client's second state: its hello is sent, the agent's proof is awaited.
@@ -174,14 +179,20 @@ impl ServerHandshake {
     /// A handshake from given randomness; tests use it to replay a conversation exactly.
     pub fn from_randomness(nonce: [u8; 32], eph_secret: [u8; 32]) -> Self {
         let eph = StaticSecret::from(eph_secret);
+        let eph_pub = PublicKey::from(&eph).to_bytes();
         let mut payload = Vec::with_capacity(SERVER_HELLO_LEN);
         payload.extend_from_slice(&MAGIC);
         payload.push(VERSION);
         payload.extend_from_slice(&nonce);
-        payload.extend_from_slice(PublicKey::from(&eph).as_bytes());
+        payload.extend_from_slice(&eph_pub);
         let mut hello = Vec::new();
         frame::encode(kind::SERVER_HELLO, &payload, &mut hello);
-        Self { hello, nonce, eph }
+        Self {
+            hello,
+            nonce,
+            eph,
+            eph_pub,
+        }
     }
 
     /// The ServerHello frame to send first.
@@ -211,7 +222,7 @@ impl ServerHandshake {
         let dummy = Secret::from_bytes(random32());
         let known = lookup(hello.key_id, &hello.agent_name);
         let secret = known.unwrap_or(&dummy);
-        let server_eph = PublicKey::from(&self.eph).to_bytes();
+        let server_eph = self.eph_pub;
         let (h1, hasher) = Transcript {
             server_nonce: &self.nonce,
             server_eph: &server_eph,
@@ -270,12 +281,15 @@ impl ClientHandshake {
         nonce: [u8; 32],
         eph_secret: [u8; 32],
     ) -> Self {
+        let eph = StaticSecret::from(eph_secret);
+        let eph_pub = PublicKey::from(&eph).to_bytes();
         Self {
             key_id: key_id.to_owned(),
             agent_name: agent_name.clone(),
             agent_key: derive_agent_key(master, key_id, agent_name),
             nonce,
-            eph: StaticSecret::from(eph_secret),
+            eph,
+            eph_pub,
         }
     }
 
@@ -312,7 +326,7 @@ impl ClientHandshake {
         if !dh.was_contributory() {
             return Err(ProtocolError::WeakKey);
         }
-        let client_eph = PublicKey::from(&self.eph).to_bytes();
+        let client_eph = self.eph_pub;
         let name = self.agent_name.as_str();
 
         let mut payload =

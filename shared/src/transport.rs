@@ -618,13 +618,15 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    // Made before the agent's hello is in: the key derivation and the scalar multiplication
+    // then overlap the agent's own work instead of following it.
+    let handshake = ClientHandshake::new(key_id, master, agent_name);
     let mut frames = FrameReader::new(read);
     let hello = frames
         .next(MAX_HANDSHAKE_FRAME_LEN)
         .await?
         .ok_or(ProtocolError::Truncated)?;
-    let (reply, await_proof) =
-        ClientHandshake::new(key_id, master, agent_name).receive_server_hello(hello.as_frame())?;
+    let (reply, await_proof) = handshake.receive_server_hello(hello.as_frame())?;
     write.write_all(&reply).await?;
     let proof = frames
         .next(MAX_HANDSHAKE_FRAME_LEN)

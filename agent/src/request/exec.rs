@@ -4,9 +4,7 @@
 
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::process::CommandExt;
 use std::os::unix::process::ExitStatusExt;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +14,7 @@ use rexec_shared::message::{kind, ExecRequest, ExitStatus, ServerMsg, StreamMsg}
 use rexec_shared::transport::{SealedReader, SealedWriter};
 use rexec_shared::ProtocolError;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::process::ChildStdin;
+use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -24,6 +22,7 @@ use crate::config::{Drain, ExecLimits};
 use crate::credentials::Credentials;
 use crate::process::{self, Child, Tree};
 use crate::request::linger::Linger;
+use crate::spawn::{self, Stdio};
 
 // Sizes and times are defined, with their reasons, in crate::config.
 pub const CHUNK: usize = ExecLimits::DEFAULT.chunk;
@@ -86,7 +85,7 @@ pub enum ClientEvent {
         /// What happened, for the log.
         reason: String,
         /// The command's stdin, held open until the group is dead.
-        stdin: Option<ChildStdin>,
+        stdin: Option<pipe::Sender>,
         /// How it left.
         how: Departure,
     },
@@ -226,8 +225,8 @@ where
 /// Moves output from the command's pipes to the client until the command has exited and its
 /// pipes are drained.
 struct Pump {
-    stdout: Option<tokio::process::ChildStdout>,
-    stderr: Option<tokio::process::ChildStderr>,
+    stdout: Option<pipe::Receiver>,
+    stderr: Option<pipe::Receiver>,
     out_buf: Vec<u8>,
     err_buf: Vec<u8>,
     /// False once the client is gone: output is then read and dropped.
@@ -393,35 +392,32 @@ async fn spawn(req: &ExecRequest, user: Option<&Credentials>) -> Result<(Child, 
     }
     // By absolute path, so that the client's PATH cannot choose the shell; `--` so that a
     // command starting with `-` or `+` is not taken for shell options.
-    let mut cmd = std::process::Command::new("/bin/sh");
+    let mut cmd = spawn::Command::new("/bin/sh");
     cmd.arg0("sh").arg("-c").arg("--").arg(command);
-    cmd.stdin(if req.stdin {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .process_group(0);
+    cmd.stdin(if req.stdin { Stdio::Piped } else { Stdio::Null })
+        .stdout(Stdio::Piped)
+        .stderr(Stdio::Piped);
     start(cmd, &req.env, req.cwd.as_deref(), user).await
 }
 
-/// Starts `cmd` (its stdio and process group or session already set up) with a request's
+/// Starts `cmd` (its stdio and, for a terminal, its session already set up) with a request's
 /// environment and working directory, as `user` when given; refuses a variable name that
 /// cannot be one and a directory that is not there, with the text to send the client.
 pub async fn start(
-    mut cmd: std::process::Command,
+    mut cmd: spawn::Command,
     env: &[(Vec<u8>, Vec<u8>)],
     cwd: Option<&[u8]>,
     user: Option<&Credentials>,
 ) -> Result<(Child, Tree), String> {
-    let program = std::path::Path::new(cmd.get_program())
+    let program = std::path::Path::new(cmd.program())
         .file_name()
         .unwrap_or_default()
         .to_string_lossy()
         .into_owned();
     if let Some(user) = user {
-        cmd.envs(user.env());
+        for (key, value) in user.env() {
+            cmd.env(key, value);
+        }
     }
     for (key, value) in env {
         if key.is_empty() || key.contains(&b'=') || key.contains(&0) || value.contains(&0) {
@@ -477,7 +473,7 @@ pub async fn start(
 /// The command's stdin and how far the client's input got into it. The pipe is `None` once
 /// the client's StdinEof closed it or the command closed its end.
 struct Input {
-    pipe: tokio::sync::Mutex<Option<ChildStdin>>,
+    pipe: tokio::sync::Mutex<Option<pipe::Sender>>,
     written: AtomicU64,
     /// Set when the command has ended: a write stalled on its stdin gives up.
     closing: watch::Sender<bool>,

@@ -183,8 +183,11 @@ async fn start(
             if command.contains(&0) {
                 return Err("command contains a NUL byte".into());
             }
-            let mut cmd = std::process::Command::new("sh");
-            cmd.arg("-c").arg(std::ffi::OsStr::from_bytes(command));
+            // By absolute path, as for exec: the client's PATH does not choose the shell.
+            let mut cmd = crate::spawn::Command::new("/bin/sh");
+            cmd.arg0("sh")
+                .arg("-c")
+                .arg(std::ffi::OsStr::from_bytes(command));
             cmd
         }
         None => tty::login_command(&shell_of(user)),
