@@ -2,7 +2,7 @@
 //! in it, checking that it is gone, and the TERM-then-KILL grace.
 //!
 //! Callers build a [`spawn::Command`] (program, arguments, environment, stdio: pipes or a
-//! terminal) and hand it to [`spawn`], which starts it in the containment in force (see
+//! terminal) and hand it to [`spawn()`], which starts it in the containment in force (see
 //! [`crate::containment`]) and returns the leader as a [`Child`] plus a [`Tree`] handle that
 //! reaches everything the command starts, whichever process group or session it moves to.
 

@@ -54,7 +54,7 @@ pub struct Command {
 
 impl Command {
     /// A command running `program` (an absolute path: no `PATH` search, so that a client's
-    /// environment cannot choose it) with `program` as argv[0], the agent's environment, and
+    /// environment cannot choose it) with `program` as `argv[0]`, the agent's environment, and
     /// every stream on `/dev/null`.
     pub fn new(program: impl AsRef<OsStr>) -> Self {
         let program = program.as_ref().to_owned();
@@ -73,7 +73,7 @@ impl Command {
         &self.program
     }
 
-    /// Sets argv[0].
+    /// Sets `argv[0]`.
     pub fn arg0(&mut self, arg0: impl AsRef<OsStr>) -> &mut Self {
         self.argv[0] = arg0.as_ref().to_owned();
         self

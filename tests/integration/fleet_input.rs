@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 
 use sha2::{Digest, Sha256};
 
+use crate::output_safety::run_bounded;
 use crate::util::{bin, ctl, key_line, scratch, write_key_file, Agent, Ctl};
 
 /// Two agents sharing one key, and ctl's copy of it.
@@ -86,6 +87,33 @@ fn stdin_goes_to_every_target_with_the_same_bytes() {
         2,
         "{stdout}"
     );
+}
+
+#[test]
+fn a_stdin_that_cannot_be_read_runs_nothing_on_any_target() {
+    let (a, b, key, dir) = pair();
+    let hosts = format!("{},{}", a.target(), b.target());
+    let ran = dir.path().join("ran");
+    // Reading a directory fails (EISDIR): no target may get a short input as if it were all.
+    let mut cmd = Command::new(bin("ctl"));
+    cmd.args([
+        "exec",
+        "--key-file",
+        key.to_str().unwrap(),
+        "-H",
+        &hosts,
+        "--stdin",
+    ])
+    .arg(format!("cat >/dev/null; touch {}", ran.display()))
+    .env_remove("CTL_KEY_FILE")
+    .stdin(Stdio::from(std::fs::File::open("/").unwrap()));
+    let (code, out, err) = run_bounded(cmd);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        err.contains("cannot read stdin to send it to every target"),
+        "{err}"
+    );
+    assert!(!ran.exists(), "a target ran the command: {out}{err}");
 }
 
 #[test]

@@ -9,7 +9,7 @@ use crate::fleet::{path_str, Fleet};
 use crate::util::{bin, reader, wait_bounded, Agent};
 
 /// Runs `cmd` to its end within a minute: (exit code, stdout, stderr).
-fn run_bounded(mut cmd: Command) -> (Option<i32>, String, String) {
+pub(crate) fn run_bounded(mut cmd: Command) -> (Option<i32>, String, String) {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
