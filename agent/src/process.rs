@@ -149,13 +149,22 @@ fn release_leader(pid: i32) {
 ///
 /// The leader leads a process group of its own, or, for a command on a terminal
 /// ([`Command::session_on_stdin`]), a session. The work (a cgroup made, the spawn, which waits
-/// for the exec and for a directory that may be slow to enter) runs on the blocking pool, so
-/// that commands starting do not stall handshakes.
+/// for the exec) runs on the blocking pool where it may wait longer (a directory to enter, a
+/// lock shared with the orphan reaper), so that commands starting do not stall handshakes.
 pub async fn spawn(cmd: Command, user: Option<Switch>) -> io::Result<(Child, Tree)> {
     // A few at a time: hundreds of spawns at once would take the CPU from the handshakes and
     // output of everything else.
     static STARTING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(SPAWNS_AT_ONCE);
     let _turn = STARTING.acquire().await.map_err(io::Error::other)?;
+    // Where nothing can hold the spawn up for long (a cgroup, so no lock shared with the orphan
+    // reaper; no user to become and no directory to enter, so no chdir that a mount can stall),
+    // it runs here: handing it to the blocking pool cost more than the spawn itself.
+    if matches!(containment::current(), Containment::Cgroup { .. })
+        && user.is_none()
+        && !cmd.has_current_dir()
+    {
+        return spawn_now(cmd, None);
+    }
     tokio::task::spawn_blocking(move || spawn_now(cmd, user))
         .await
         .map_err(io::Error::other)?
@@ -344,6 +353,13 @@ impl Drop for Inner {
         let Kind::Cgroup(dir) = &self.kind else {
             return;
         };
+        // The common case at once: an empty cgroup with none of its own goes with one rmdir
+        // (the kernel finishes tearing it down in the background).
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+            Err(_) => {}
+        }
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             let _ = containment::remove_cgroup(dir);
             return;

@@ -230,6 +230,20 @@ pub struct EnrollArgs {
     pub names: Vec<String>,
 }
 
+impl Command {
+    /// Whether this run talks to one target alone (named on the command line, not through
+    /// -H or --hosts-file).
+    pub fn one_target(&self) -> bool {
+        match self {
+            Command::Exec(a) => !a.targets.many(),
+            Command::Push(a) => !a.targets.many(),
+            Command::Pull(a) => !a.targets.many(),
+            Command::Ping(a) => !a.targets.many() && a.positional.len() <= 1,
+            _ => false,
+        }
+    }
+}
+
 impl TargetArgs {
     /// Whether many-target mode was asked for.
     pub fn many(&self) -> bool {

@@ -50,10 +50,14 @@ use crate::target::Target;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // One target needs one worker: its exchange is a few tasks, and an output write that may
+    // stall takes a thread of its own (block_in_place). Starting and joining a second worker
+    // cost a short run about 0.2 ms (docs/benchmarks.md, section 9).
+    if cli.command.one_target() {
+        builder.worker_threads(1);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ctl: cannot start the async runtime: {e}");
