@@ -149,22 +149,14 @@ fn release_leader(pid: i32) {
 ///
 /// The leader leads a process group of its own, or, for a command on a terminal
 /// ([`Command::session_on_stdin`]), a session. The work (a cgroup made, the spawn, which waits
-/// for the exec) runs on the blocking pool where it may wait longer (a directory to enter, a
-/// lock shared with the orphan reaper), so that commands starting do not stall handshakes.
+/// for the exec, and for a directory that may be slow to enter) runs on the blocking pool, so
+/// that commands starting do not stall handshakes. (Run on the workers instead, 200 commands
+/// starting at once kept handshakes waiting past their deadline.)
 pub async fn spawn(cmd: Command, user: Option<Switch>) -> io::Result<(Child, Tree)> {
     // A few at a time: hundreds of spawns at once would take the CPU from the handshakes and
     // output of everything else.
     static STARTING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(SPAWNS_AT_ONCE);
     let _turn = STARTING.acquire().await.map_err(io::Error::other)?;
-    // Where nothing can hold the spawn up for long (a cgroup, so no lock shared with the orphan
-    // reaper; no user to become and no directory to enter, so no chdir that a mount can stall),
-    // it runs here: handing it to the blocking pool cost more than the spawn itself.
-    if matches!(containment::current(), Containment::Cgroup { .. })
-        && user.is_none()
-        && !cmd.has_current_dir()
-    {
-        return spawn_now(cmd, None);
-    }
     tokio::task::spawn_blocking(move || spawn_now(cmd, user))
         .await
         .map_err(io::Error::other)?

@@ -98,11 +98,6 @@ impl Command {
         self
     }
 
-    /// Whether a directory to start in was set.
-    pub fn has_current_dir(&self) -> bool {
-        self.cwd.is_some()
-    }
-
     /// Where stdin comes from.
     pub fn stdin(&mut self, io: Stdio) -> &mut Self {
         self.stdio[0] = io;

@@ -137,6 +137,29 @@ impl Master {
         }
     }
 
+    /// Reads what the terminal holds right now into `buf`'s spare capacity, without waiting
+    /// and whatever the runtime has seen of its readiness; `Ok(0)` at its end, a `WouldBlock`
+    /// error when nothing is there.
+    pub fn read_now(&self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        if buf.spare_capacity_mut().is_empty() {
+            buf.reserve(4096);
+        }
+        let spare = buf.spare_capacity_mut();
+        // SAFETY: as in read_buf: read(2) writes at most `spare.len()` bytes into memory `buf`
+        // owns, and only those it reports are marked initialized.
+        let spare =
+            unsafe { std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast::<u8>(), spare.len()) };
+        match rustix::io::read(self.fd.get_ref(), spare) {
+            Ok(n) => {
+                // SAFETY: read(2) initialized the first `n` spare bytes.
+                unsafe { buf.set_len(buf.len() + n) };
+                Ok(n)
+            }
+            Err(e) if e.raw_os_error() == libc::EIO => Ok(0),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Writes all of `data` to the terminal, as if typed.
     pub async fn write_all(&self, mut data: &[u8]) -> io::Result<()> {
         while !data.is_empty() {

@@ -104,8 +104,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 self.buf.drain(..self.pos);
                 self.pos = 0;
             }
-            self.buf.reserve(wanted.clamp(MIN_READ, MAX_READ));
-            let n = self.inner.read_buf(&mut self.buf).await?;
+            // No more than the frame still needs (at least a small read's worth): bytes of the
+            // next frame read along with a big one's tail would be moved to the front of the
+            // buffer afterwards, a copy as large as the data itself.
+            let limit = wanted.clamp(MIN_READ, MAX_READ);
+            self.buf.reserve(limit);
+            let n = (&mut self.inner)
+                .take(limit as u64)
+                .read_buf(&mut self.buf)
+                .await?;
             if n > 0 {
                 let now = Instant::now();
                 self.last_bytes = Some(now);

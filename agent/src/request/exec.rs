@@ -298,7 +298,14 @@ impl Pump {
                         self.stderr = None;
                     }
                 }
-                PumpEvent::Quiet => break,
+                // The quiet timer and a pipe's readiness can fall due in one turn of the
+                // runtime, and the select may take the timer: what a pipe holds already is read
+                // now, without waiting, before the output is called finished.
+                PumpEvent::Quiet => {
+                    if !self.read_held(writer, events).await {
+                        break;
+                    }
+                }
                 PumpEvent::Heartbeat => {
                     if let Err(e) = until_gone(&mut self.gone, writer.send_heartbeat()).await {
                         self.stop_sending(format!("sending a heartbeat failed: {e}"), events);
@@ -313,6 +320,37 @@ impl Pump {
         }
         // Exited is always set before the loop can break.
         status.ok_or_else(|| io::Error::other("command status lost"))
+    }
+
+    /// Reads and sends what the pipes hold right now, without waiting; whether there was any.
+    async fn read_held<W: AsyncWrite + Unpin>(
+        &mut self,
+        writer: &mut SealedWriter<W>,
+        events: &mpsc::Sender<ClientEvent>,
+    ) -> bool {
+        let mut any = false;
+        for kind in [kind::STDOUT, kind::STDERR] {
+            let (pipe, buf) = if kind == kind::STDOUT {
+                (&self.stdout, &mut self.out_buf)
+            } else {
+                (&self.stderr, &mut self.err_buf)
+            };
+            let Some(pipe) = pipe else { continue };
+            prepare(buf);
+            let read = read_now(pipe, buf);
+            if matches!(&read, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
+                continue;
+            }
+            any |= matches!(read, Ok(n) if n > 0);
+            if self.forward(read, kind, writer, events).await {
+                if kind == kind::STDOUT {
+                    self.stdout = None;
+                } else {
+                    self.stderr = None;
+                }
+            }
+        }
+        any
     }
 
     /// Sends what a read produced; returns true when that pipe is finished.
@@ -372,6 +410,20 @@ pub fn prepare(buf: &mut Vec<u8>) {
     buf.clear();
     buf.resize(HEADER_LEN, 0);
     buf.reserve(CHUNK);
+}
+
+/// Reads what `pipe` holds right now into `buf`'s spare room, without waiting and whatever the
+/// runtime has seen of its readiness: `Ok(0)` at its end, a `WouldBlock` error when it is empty.
+fn read_now(pipe: &pipe::Receiver, buf: &mut Vec<u8>) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let spare = buf.spare_capacity_mut();
+    // SAFETY: read(2) writes at most `spare.len()` bytes into memory `buf` owns; only those it
+    // reports are marked initialized.
+    let n = unsafe { libc::read(pipe.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len()) };
+    let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+    // SAFETY: read(2) initialized the first `n` spare bytes.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
 }
 
 /// Reads once from an open pipe into `buf`'s spare room; never resolves for a closed one.

@@ -93,29 +93,23 @@ where
         let quiet = status.is_some().then(|| drain_left.min(drain.idle));
         exec::prepare(&mut buf);
         let waiting_since = Instant::now();
-        tokio::select! {
+        let read = tokio::select! {
             s = child.wait(), if status.is_none() => {
                 status = Some(s);
                 if let Some(tx) = exited_tx.take() {
                     let _ = tx.send(());
                 }
+                None
             }
-            n = master.read_buf(&mut buf), if open => match n {
-                Ok(0) | Err(_) => open = false,
-                Ok(n) if sending => match exec::until_gone(&mut gone, writer.send_in_place(kind::STDOUT, &mut buf)).await {
-                    Ok(()) => outcome.bytes_out += n as u64,
-                    Err(e) => {
-                        sending = false;
-                        let _ = events_tx.try_send(ClientEvent::Gone {
-                            reason: format!("sending output failed: {e}"),
-                            stdin: None,
-                            how: Departure::Closed,
-                        });
-                    }
-                },
-                Ok(_) => {}
-            },
-            () = tokio::time::sleep(quiet.unwrap_or_default()), if quiet.is_some() => break,
+            n = master.read_buf(&mut buf), if open => Some(n),
+            // As in exec's pump: the quiet timer and the terminal's readiness can fall due in
+            // one turn of the runtime, so what it holds already is read now, not left behind.
+            () = tokio::time::sleep(quiet.unwrap_or_default()), if quiet.is_some() => {
+                match master.read_now(&mut buf) {
+                    Ok(n) if n > 0 => Some(Ok(n)),
+                    _ => break,
+                }
+            }
             // An idle terminal still shows the client that the agent is there.
             () = writer.heartbeat_due(), if sending => {
                 if let Err(e) = exec::until_gone(&mut gone, writer.send_heartbeat()).await {
@@ -126,7 +120,28 @@ where
                         how: Departure::Closed,
                     });
                 }
+                None
             }
+        };
+        match read {
+            None => {}
+            Some(Ok(0) | Err(_)) => open = false,
+            Some(Ok(n)) if sending => {
+                match exec::until_gone(&mut gone, writer.send_in_place(kind::STDOUT, &mut buf))
+                    .await
+                {
+                    Ok(()) => outcome.bytes_out += n as u64,
+                    Err(e) => {
+                        sending = false;
+                        let _ = events_tx.try_send(ClientEvent::Gone {
+                            reason: format!("sending output failed: {e}"),
+                            stdin: None,
+                            how: Departure::Closed,
+                        });
+                    }
+                }
+            }
+            Some(Ok(_)) => {}
         }
         if status.is_some() {
             drain_left = drain_left.saturating_sub(waiting_since.elapsed());

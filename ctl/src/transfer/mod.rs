@@ -5,7 +5,7 @@
 //! [`Transfers`](crate::render::transfer::Transfers). [`hub`] reads the sources once for all
 //! the targets being pushed to; [`push`] and [`pull`] are the exchanges with one agent. Files are written with
 //! [`rexec_shared::files::sink`] on both ends: atomically, checked against the sender's
-//! SHA-256, and never through a symlink.
+//! digest (BLAKE3), and never through a symlink.
 
 pub mod hub;
 pub mod pull;

@@ -2,7 +2,7 @@
 //!
 //! Each file goes to a new temporary file in its destination directory; it is renamed over the
 //! final name only once all its bytes are written, fsynced, counted against the header's size
-//! and matched against the sender's SHA-256. A transfer that fails, is cut, or carries other
+//! and matched against the sender's digest (BLAKE3). A transfer that fails, is cut, or carries other
 //! bytes than the sender read therefore leaves the old file (or none), never a partial one.
 //!
 //! Below the root nothing is followed: every directory on the way to an entry is opened with
@@ -23,11 +23,11 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
 use super::path::{self, display};
 use super::wire::{EntryKind, FileEnd, FileHeader, TransferDone};
+use super::ContentHasher;
 
 /// Operations queued for the writer thread per transfer; with data messages of at most a
 /// frame, this bounds what a transfer holds in memory.
@@ -482,7 +482,7 @@ struct Incoming {
     tmp: CString,
     name: Vec<u8>,
     file: Option<File>,
-    hasher: Sha256,
+    hasher: ContentHasher,
     size: u64,
     written: u64,
     mode: u32,
@@ -517,7 +517,7 @@ impl Incoming {
                     name: name.to_vec(),
                     // SAFETY: fd is a new descriptor nothing else owns.
                     file: Some(unsafe { File::from_raw_fd(fd) }),
-                    hasher: Sha256::new(),
+                    hasher: ContentHasher::new(),
                     size: header.size,
                     written: 0,
                     mode: header.mode,
@@ -565,10 +565,10 @@ impl Incoming {
                 self.written, self.size
             ));
         }
-        let ours: [u8; 32] = std::mem::take(&mut self.hasher).finalize().into();
+        let ours = self.hasher.finish();
         if ours != *digest {
             return Err(format!(
-                "{shown}: content check failed (SHA-256 differs from the sender's); the old file is kept"
+                "{shown}: content check failed (its BLAKE3 digest differs from the sender's); the old file is kept"
             ));
         }
         let file = self.file.take().ok_or("file already closed")?;
@@ -757,7 +757,7 @@ mod tests {
     }
 
     fn digest(content: &[u8]) -> [u8; 32] {
-        Sha256::digest(content).into()
+        ContentHasher::digest(content)
     }
 
     fn entry(kind: EntryKind, path: &[u8], link: &[u8]) -> FileHeader {

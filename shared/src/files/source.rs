@@ -16,12 +16,11 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
 use super::path::display;
 use super::wire::{EntryKind, FileEnd, FileHeader, TransferDone};
-use super::{Enter, CHUNK};
+use super::{ContentHasher, Enter, CHUNK};
 
 /// Events queued ahead of the receiver: a few chunks.
 const QUEUED: usize = 4;
@@ -220,7 +219,7 @@ impl Walker {
             rel,
             Vec::new(),
         )))?;
-        let mut hasher = Sha256::new();
+        let mut hasher = ContentHasher::new();
         let mut left = size;
         while left > 0 {
             let want = left.min(CHUNK as u64) as usize;
@@ -246,7 +245,7 @@ impl Walker {
         }
         self.done.files += 1;
         self.done.bytes += size;
-        self.send(Event::End(FileEnd::Complete(hasher.finalize().into())))
+        self.send(Event::End(FileEnd::Complete(hasher.finish())))
     }
 }
 
@@ -363,7 +362,7 @@ mod tests {
             })
             .collect();
         assert_eq!(data, [5, CHUNK, CHUNK, 1]);
-        let digest: [u8; 32] = Sha256::digest(&big).into();
+        let digest = ContentHasher::digest(&big);
         assert!(events.contains(&Event::End(FileEnd::Complete(digest))));
         assert!(events
             .iter()

@@ -4,7 +4,7 @@
 use crate::codec::{put_bytes, Reader};
 use crate::error::ProtocolError;
 
-/// Length of a SHA-256 digest.
+/// Length of a content digest (BLAKE3, see [`super::ContentHasher`]).
 pub const DIGEST_LEN: usize = 32;
 
 /// `ctl push`: the client sends a tree to be written under `dest`.
@@ -61,7 +61,7 @@ pub struct FileHeader {
 /// The end of one file's data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileEnd {
-    /// All `size` bytes were sent; their SHA-256.
+    /// All `size` bytes were sent; their BLAKE3 digest.
     Complete([u8; DIGEST_LEN]),
     /// The sender could not read the rest: the receiver discards the file.
     Abandoned,
