@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A/B on this machine: `ctl ping` (the handshake), one remote `true` and 1 GiB of stdout through two builds of agent and
+# A/B on this machine: starting ctl (`ctl --version`), `ctl ping` (the handshake), one remote `true` and 1 GiB of stdout through two builds of agent and
 # ctl, run by run in turn (A, B, A, B, ...) so that drift in a shared machine's speed hits
 # both alike; and the heartbeat's cost, the new build with `--alive-timeout 0` on both sides.
 # Prints a markdown table (for docs/benchmarks.md).
@@ -70,7 +70,9 @@ variants = {
 def once(name, command):
     ctl, extra, port, dir = variants[name]
     key = os.path.join(tmp, dir, "key")
-    if command is None:  # connect, handshake, ping and pong: no command
+    if command == "--version":  # starting ctl alone: loading, clap, no runtime, no connection
+        argv = [ctl, "--version"]
+    elif command is None:  # connect, handshake, ping and pong: no command
         argv = [ctl, "ping", "--key-file", key, f"127.0.0.1:{port}"]
     else:
         argv = [ctl, "exec", "-n", "--key-file", key, *extra, f"127.0.0.1:{port}", command]
@@ -88,11 +90,13 @@ def measure(command, n, names):
         for name in names:
             times[name].append(once(name, command))
     return {name: statistics.median(t) for name, t in times.items()}
+start = measure("--version", runs, ["old", "new"])
 ping = measure(None, runs, ["old", "new"])
 lat = measure("true", runs, ["old", "new"])
 bulk = measure("head -c 1073741824 /dev/zero", runs_bulk, list(variants))
 print("| measure | old build | this build | this / old |")
 print("|---|---:|---:|---:|")
+print(f"| \`ctl --version\`: starting ctl, no connection (median of {runs}) | {start['old'] * 1e3:.2f} ms | {start['new'] * 1e3:.2f} ms | {start['new'] / start['old']:.2f}x |")
 print(f"| \`ctl ping\`: connect, handshake, ping (median of {runs}) | {ping['old'] * 1e3:.2f} ms | {ping['new'] * 1e3:.2f} ms | {ping['new'] / ping['old']:.2f}x |")
 print(f"| one remote \`true\` (median of {runs}) | {lat['old'] * 1e3:.2f} ms | {lat['new'] * 1e3:.2f} ms | {lat['new'] / lat['old']:.2f}x |")
 print(f"| 1 GiB of stdout (median of {runs_bulk}) | {bulk['old']:.3f} s | {bulk['new']:.3f} s | {bulk['new'] / bulk['old']:.2f}x |")

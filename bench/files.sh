@@ -247,7 +247,7 @@ except Exception:
     pass
 lines += ["", "ctl reads the file once for the 8 targets (one reader thread, 256 KiB chunks shared"
           " by reference, at most 8 chunks queued per target); each agent writes a temporary file,"
-          " fsyncs it, checks its SHA-256 and renames it into place.", ""]
+          " fsyncs it, checks its BLAKE3 digest and renames it into place.", ""]
 lines.append("Commands (hyperfine, `--prepare` empties the destination):")
 lines.append("")
 lines.append("```text")

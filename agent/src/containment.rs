@@ -185,6 +185,12 @@ fn remove_stale(parent: &Path) {
 
 /// Removes cgroup `dir` and any cgroups a command made inside it; fails while one is populated.
 pub(crate) fn remove_cgroup(dir: &Path) -> io::Result<()> {
+    // The common case: an emptied cgroup with none of its own goes with one rmdir.
+    match std::fs::remove_dir(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(_) => {}
+    }
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {
             if entry.file_type().is_ok_and(|t| t.is_dir()) {

@@ -345,13 +345,6 @@ impl Drop for Inner {
         let Kind::Cgroup(dir) = &self.kind else {
             return;
         };
-        // The common case at once: an empty cgroup with none of its own goes with one rmdir
-        // (the kernel finishes tearing it down in the background).
-        match std::fs::remove_dir(dir) {
-            Ok(()) => return,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return,
-            Err(_) => {}
-        }
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             let _ = containment::remove_cgroup(dir);
             return;

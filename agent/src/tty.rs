@@ -13,6 +13,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 
+use rustix::buffer::spare_capacity;
 use rustix::fs::{Mode, OFlags};
 use rustix::pty::OpenptFlags;
 use rustix::termios::Winsize;
@@ -113,22 +114,8 @@ impl Master {
         }
         loop {
             let mut ready = self.fd.readable().await?;
-            let spare = buf.spare_capacity_mut();
-            let result = ready.try_io(|fd| {
-                // SAFETY: `spare` is writable memory of `spare.len()` bytes owned by `buf`;
-                // read(2) writes at most that many and they are marked initialized below only
-                // up to what it reports.
-                let spare = unsafe {
-                    std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast::<u8>(), spare.len())
-                };
-                Ok(rustix::io::read(fd.get_ref(), spare)?)
-            });
-            match result {
-                Ok(Ok(n)) => {
-                    // SAFETY: read(2) initialized the first `n` spare bytes.
-                    unsafe { buf.set_len(buf.len() + n) };
-                    return Ok(n);
-                }
+            match ready.try_io(|fd| Ok(rustix::io::read(fd.get_ref(), spare_capacity(buf))?)) {
+                Ok(Ok(n)) => return Ok(n),
                 // Linux reports a master whose slave is closed everywhere as EIO: the end.
                 Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => return Ok(0),
                 Ok(Err(e)) => return Err(e),
@@ -144,17 +131,8 @@ impl Master {
         if buf.spare_capacity_mut().is_empty() {
             buf.reserve(4096);
         }
-        let spare = buf.spare_capacity_mut();
-        // SAFETY: as in read_buf: read(2) writes at most `spare.len()` bytes into memory `buf`
-        // owns, and only those it reports are marked initialized.
-        let spare =
-            unsafe { std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast::<u8>(), spare.len()) };
-        match rustix::io::read(self.fd.get_ref(), spare) {
-            Ok(n) => {
-                // SAFETY: read(2) initialized the first `n` spare bytes.
-                unsafe { buf.set_len(buf.len() + n) };
-                Ok(n)
-            }
+        match rustix::io::read(self.fd.get_ref(), spare_capacity(buf)) {
+            Ok(n) => Ok(n),
             Err(e) if e.raw_os_error() == libc::EIO => Ok(0),
             Err(e) => Err(e.into()),
         }

@@ -25,6 +25,8 @@ use crate::session::{Opener, Sealer};
 /// still needs, never by more than this, so memory grows only as bytes actually arrive.
 const MIN_READ: usize = 4 * 1024;
 const MAX_READ: usize = 256 * 1024;
+/// How much is read at once while the next frame's header is awaited.
+const HEADER_READ: usize = 64 * 1024;
 
 /// One frame, borrowed mutably from the reader's buffer so it can be opened in place.
 pub struct RawFrame<'a> {
@@ -100,6 +102,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 }
                 None => 4 - pending.len(),
             };
+            let awaiting_header = pending.len() < 4;
             if self.pos > 0 {
                 self.buf.drain(..self.pos);
                 self.pos = 0;
@@ -107,7 +110,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             // No more than the frame still needs (at least a small read's worth): bytes of the
             // next frame read along with a big one's tail would be moved to the front of the
             // buffer afterwards, a copy as large as the data itself.
-            let limit = wanted.clamp(MIN_READ, MAX_READ);
+            // While a header is awaited, a larger read batches the small frames of a busy
+            // stream, which cost little to move; not before the peer may send big frames (a
+            // handshake's buffer stays small).
+            let limit = if awaiting_header && max_len > HEADER_READ {
+                HEADER_READ
+            } else {
+                wanted.clamp(MIN_READ, MAX_READ)
+            };
             self.buf.reserve(limit);
             let n = (&mut self.inner)
                 .take(limit as u64)

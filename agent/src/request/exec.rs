@@ -301,11 +301,10 @@ impl Pump {
                 // The quiet timer and a pipe's readiness can fall due in one turn of the
                 // runtime, and the select may take the timer: what a pipe holds already is read
                 // now, without waiting, before the output is called finished.
-                PumpEvent::Quiet => {
-                    if !self.read_held(writer, events).await {
-                        break;
-                    }
-                }
+                PumpEvent::Quiet => match self.read_held(writer, events).await {
+                    0 => break,
+                    n => drained += n,
+                },
                 PumpEvent::Heartbeat => {
                     if let Err(e) = until_gone(&mut self.gone, writer.send_heartbeat()).await {
                         self.stop_sending(format!("sending a heartbeat failed: {e}"), events);
@@ -322,13 +321,13 @@ impl Pump {
         status.ok_or_else(|| io::Error::other("command status lost"))
     }
 
-    /// Reads and sends what the pipes hold right now, without waiting; whether there was any.
+    /// Reads and sends what the pipes hold right now, without waiting; how many bytes.
     async fn read_held<W: AsyncWrite + Unpin>(
         &mut self,
         writer: &mut SealedWriter<W>,
         events: &mpsc::Sender<ClientEvent>,
-    ) -> bool {
-        let mut any = false;
+    ) -> u64 {
+        let mut got = 0;
         for kind in [kind::STDOUT, kind::STDERR] {
             let (pipe, buf) = if kind == kind::STDOUT {
                 (&self.stdout, &mut self.out_buf)
@@ -341,7 +340,9 @@ impl Pump {
             if matches!(&read, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
                 continue;
             }
-            any |= matches!(read, Ok(n) if n > 0);
+            if let Ok(n) = read {
+                got += n as u64;
+            }
             if self.forward(read, kind, writer, events).await {
                 if kind == kind::STDOUT {
                     self.stdout = None;
@@ -350,7 +351,7 @@ impl Pump {
                 }
             }
         }
-        any
+        got
     }
 
     /// Sends what a read produced; returns true when that pipe is finished.
@@ -415,15 +416,12 @@ pub fn prepare(buf: &mut Vec<u8>) {
 /// Reads what `pipe` holds right now into `buf`'s spare room, without waiting and whatever the
 /// runtime has seen of its readiness: `Ok(0)` at its end, a `WouldBlock` error when it is empty.
 fn read_now(pipe: &pipe::Receiver, buf: &mut Vec<u8>) -> io::Result<usize> {
-    use std::os::fd::AsRawFd;
-    let spare = buf.spare_capacity_mut();
-    // SAFETY: read(2) writes at most `spare.len()` bytes into memory `buf` owns; only those it
-    // reports are marked initialized.
-    let n = unsafe { libc::read(pipe.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len()) };
-    let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
-    // SAFETY: read(2) initialized the first `n` spare bytes.
-    unsafe { buf.set_len(buf.len() + n) };
-    Ok(n)
+    match rustix::io::read(pipe, rustix::buffer::spare_capacity(buf)) {
+        Ok(n) => Ok(n),
+        // Nothing there right now, as far as this look can tell.
+        Err(e) if e == rustix::io::Errno::INTR => Err(io::ErrorKind::WouldBlock.into()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Reads once from an open pipe into `buf`'s spare room; never resolves for a closed one.

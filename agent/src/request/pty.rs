@@ -83,6 +83,8 @@ where
     let mut sending = true;
     let drain = ctx.drain;
     let mut drain_left = drain.time;
+    // Bytes shown after the command exited, bounded as exec's are.
+    let mut drained = 0u64;
     let mut buf = Vec::with_capacity(HEADER_LEN + exec::CHUNK + 16);
     // Like exec's pump: after the command exits, what the terminal still shows is delivered
     // until it goes quiet, within a bounded time, however much background processes write.
@@ -123,6 +125,9 @@ where
                 None
             }
         };
+        if let (true, Some(Ok(n))) = (status.is_some(), &read) {
+            drained += *n as u64;
+        }
         match read {
             None => {}
             Some(Ok(0) | Err(_)) => open = false,
@@ -145,7 +150,7 @@ where
         }
         if status.is_some() {
             drain_left = drain_left.saturating_sub(waiting_since.elapsed());
-            if drain_left.is_zero() {
+            if drain_left.is_zero() || drained >= drain.max_bytes {
                 break;
             }
         }

@@ -19,9 +19,8 @@ pub type Enter = Box<dyn FnOnce() -> Result<(), String> + Send>;
 
 /// The digest a file's content is checked against where it is received: BLAKE3, 32 bytes. The
 /// sender hashes each file once and every receiving copy hashes it again, so this hash's speed
-/// bounds a push to many targets: BLAKE3 ran about 5 times as fast as SHA-256 (with the SHA
-/// extensions) on the benchmark machine, where SHA-256 was a quarter of all the CPU time of a
-/// push to 8 targets (docs/benchmarks-files.md).
+/// bounds a push to many targets: with SHA-256 (even with the CPU's SHA extensions) hashing was
+/// a quarter of a push's CPU time on the benchmark machine; BLAKE3 is several times as fast.
 #[derive(Default)]
 pub struct ContentHasher(blake3::Hasher);
 
