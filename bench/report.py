@@ -345,8 +345,8 @@ def main():
            ("bulk_local", f"local pipe floor: `head ... \\| cat`")], "bulk_ctl",
           unit_extra=lambda x: args.bytes / x["median"] / 1e6)
     if r.get("bulk_ctl_nolive"):
-        w("The liveness-off row ran after ours, not run by run in turn with it, so drift of a shared")
-        w("machine between the two shows as a difference; `bench/ab.sh` (section 9) alternates them.")
+        w("The liveness-off row ran run by run in turn with ours (A, B, A, B, ...), so that drift of")
+        w("the shared machine hits both alike.")
         w("")
 
     w("## 3. Fan-out: `true` on many targets")

@@ -287,6 +287,37 @@ bench() {
         die "hyperfine $name failed: $(tail -5 "$RESULTS/$name.stderr")"
 }
 
+# bench_pair NAME_A NAME_B RUNS WARMUP CMD_A CMD_B: the two run by run in turn (A, B, A, B, ...),
+# so that a shared machine's drift hits both alike; each gets the JSON `bench` would write.
+bench_pair() {
+    local a=$1 b=$2 runs=$3 warmup=$4 cmd_a=$5 cmd_b=$6 i w
+    log "timing $a and $b in turn ($runs runs each)"
+    printf '%s\t%s\t%s\t%s\n' "$a" "$runs" "$warmup" "$cmd_a" >>"$commands_file"
+    printf '%s\t%s\t%s\t%s\n' "$b" "$runs" "$warmup" "$cmd_b" >>"$commands_file"
+    for ((i = 0; i < runs; i++)); do
+        w=0
+        [ "$i" = 0 ] && w=$warmup
+        hyperfine -N --style none --warmup "$w" --runs 1 --export-json "$RESULTS/$a.$i.json" \
+            "$cmd_a" >/dev/null 2>"$RESULTS/$a.stderr" || die "hyperfine $a failed: $(tail -5 "$RESULTS/$a.stderr")"
+        hyperfine -N --style none --warmup "$w" --runs 1 --export-json "$RESULTS/$b.$i.json" \
+            "$cmd_b" >/dev/null 2>"$RESULTS/$b.stderr" || die "hyperfine $b failed: $(tail -5 "$RESULTS/$b.stderr")"
+    done
+    python3 - "$RESULTS" "$runs" "$a" "$b" <<'PY'
+import json, pathlib, statistics, sys
+res, runs = pathlib.Path(sys.argv[1]), int(sys.argv[2])
+for name in sys.argv[3:]:
+    parts = [res / f"{name}.{i}.json" for i in range(runs)]
+    merged = json.loads(parts[0].read_text())
+    times = [t for p in parts for t in json.loads(p.read_text())["results"][0]["times"]]
+    merged["results"][0].update(
+        times=times, mean=statistics.mean(times), median=statistics.median(times),
+        stddev=statistics.stdev(times) if len(times) > 1 else 0.0, min=min(times), max=max(times))
+    (res / f"{name}.json").write_text(json.dumps(merged))
+    for p in parts:
+        p.unlink()
+PY
+}
+
 section() { [[ ",$ONLY," == *",$1,"* ]]; }
 
 mem=$RESULTS/memory.txt
@@ -353,16 +384,16 @@ for check in "$CTL exec -n 127.0.0.1:$APORT '$HEAD'" "$SSHC -n 127.0.0.1 '$HEAD'
     got=$(eval "$check" | wc -c)
     [ "$got" = "$BYTES" ] || die "$check delivered $got bytes, not $BYTES"
 done
-bench bulk_ctl "$RUNS_SLOW" 1 "$CTL exec -n 127.0.0.1:$APORT '$HEAD'"
 # The heartbeat's cost: the same stream with liveness off on both sides (one announcing
-# heartbeat each way, none after), from a second agent started for it.
+# heartbeat each way, none after), from a second agent started for it, run in turn with ours.
 NPORT=$(free_port)
 "$BIN/agent" --key-file "$TMP/agent-keys" --listen "127.0.0.1:$NPORT" --alive-timeout 0 \
     2>"$TMP/agent-nolive.log" &
 NOLIVE_PID=$!
 PIDS+=($NOLIVE_PID)
 wait_for_line "$TMP/agent-nolive.log" listening
-bench bulk_ctl_nolive "$RUNS_SLOW" 1 "$CTL exec --alive-timeout 0 -n 127.0.0.1:$NPORT '$HEAD'"
+bench_pair bulk_ctl bulk_ctl_nolive "$RUNS_SLOW" 1 "$CTL exec -n 127.0.0.1:$APORT '$HEAD'" \
+    "$CTL exec --alive-timeout 0 -n 127.0.0.1:$NPORT '$HEAD'"
 stop "$NOLIVE_PID"
 bench bulk_ssh "$RUNS_SLOW" 1 "$SSHC -n 127.0.0.1 '$HEAD'"
 bench bulk_ssh_aes128gcm "$RUNS_SLOW" 1 "$SSHC -c aes128-gcm@openssh.com -n 127.0.0.1 '$HEAD'"
