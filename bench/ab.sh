@@ -100,6 +100,9 @@ print(f"| \`ctl --version\`: starting ctl, no connection (median of {runs}) | {s
 print(f"| \`ctl ping\`: connect, handshake, ping (median of {runs}) | {ping['old'] * 1e3:.2f} ms | {ping['new'] * 1e3:.2f} ms | {ping['new'] / ping['old']:.2f}x |")
 print(f"| one remote \`true\` (median of {runs}) | {lat['old'] * 1e3:.2f} ms | {lat['new'] * 1e3:.2f} ms | {lat['new'] / lat['old']:.2f}x |")
 print(f"| 1 GiB of stdout (median of {runs_bulk}) | {bulk['old']:.3f} s | {bulk['new']:.3f} s | {bulk['new'] / bulk['old']:.2f}x |")
+sizes = [os.path.getsize(variants[v][0]) / 1e6 for v in ("old", "new")]
+print()
+print(f"ctl's binary: {sizes[0]:.1f} MB (old build), {sizes[1]:.1f} MB (this build).")
 off = bulk["new, --alive-timeout 0 (both sides)"]
 print()
 print(f"Heartbeat's cost on the 1 GiB stream: {bulk['new']:.3f} s with liveness on, {off:.3f} s with")

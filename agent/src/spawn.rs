@@ -201,14 +201,7 @@ pub fn spawn(
     let mut parent_ends: [Option<OwnedFd>; 3] = [None, None, None];
     for (i, io) in cmd.stdio.into_iter().enumerate() {
         let child_end = match io {
-            Stdio::Null => {
-                let flags = if i == 0 {
-                    libc::O_RDONLY
-                } else {
-                    libc::O_WRONLY
-                };
-                open_dev_null(flags)?
-            }
+            Stdio::Null => open_dev_null(i != 0)?,
             Stdio::Piped => {
                 let (read, write) = pipe()?;
                 let (child, parent) = if i == 0 { (read, write) } else { (write, read) };
@@ -395,14 +388,13 @@ fn pointers(strings: &[CString]) -> Vec<*const c_char> {
         .collect()
 }
 
-fn open_dev_null(flags: c_int) -> io::Result<OwnedFd> {
-    // SAFETY: open with a static NUL-terminated path; the descriptor is owned below.
-    let fd = unsafe { libc::open(c"/dev/null".as_ptr(), flags | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a descriptor just opened, owned by nothing else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+fn open_dev_null(write: bool) -> io::Result<OwnedFd> {
+    // std opens with O_CLOEXEC.
+    let file = std::fs::OpenOptions::new()
+        .read(!write)
+        .write(write)
+        .open("/dev/null")?;
+    Ok(OwnedFd::from(file))
 }
 
 /// A pipe, both ends close-on-exec (the child's end is dup'ed onto its stream, which clears

@@ -244,6 +244,23 @@ fn output_arrives_merged_on_stdout_with_the_commands_status() {
 }
 
 #[test]
+fn the_clients_path_does_not_choose_a_sessions_shell() {
+    use std::os::unix::fs::PermissionsExt;
+    let agent = Agent::start();
+    let dir = scratch();
+    let planted = dir.path().join("sh");
+    std::fs::write(&planted, "#!/bin/sh\necho a-planted-sh-ran\n").unwrap();
+    std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("PATH={}:/usr/bin:/bin", dir.path().display());
+    let run = exec_with(&agent, &["-t", "-e", &path], "echo the-real-sh")
+        .timeout(WAIT)
+        .run();
+    run.expect_code(0);
+    assert!(run.out().contains("the-real-sh"), "{run}");
+    assert!(!run.out().contains("a-planted-sh-ran"), "{run}");
+}
+
+#[test]
 fn tty_with_many_targets_is_a_usage_error() {
     let agent = Agent::start();
     let key = agent.key_file.to_string_lossy().into_owned();

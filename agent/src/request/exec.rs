@@ -194,14 +194,9 @@ where
             status.stdin_cut = stdin_cut;
             outcome.status = Some(status);
             if pump.sending {
-                let sent = until_gone(&mut gone, async {
-                    writer.send_server(&ServerMsg::Exit(status)).await?;
-                    writer.shutdown().await
-                })
-                .await;
-                match sent {
+                match send_exit(&mut writer, &mut gone, status).await {
                     Ok(()) => exit_sent = true,
-                    Err(e) => outcome.error = Some(format!("could not send the exit status: {e}")),
+                    Err(e) => outcome.error = Some(e),
                 }
             }
         }
@@ -404,6 +399,21 @@ pub async fn until_gone<T>(
         // A closed channel means the reader ended, which it does only when the client left.
         _ = gone.wait_for(|gone| *gone) => Err("the client is gone".to_owned()),
     }
+}
+
+/// Sends the final Exit report and ends the agent's side of the stream, cut short if the client
+/// is gone (see [`until_gone`]); on failure, the text for the audit record.
+pub async fn send_exit<W: AsyncWrite + Unpin>(
+    writer: &mut SealedWriter<W>,
+    gone: &mut watch::Receiver<bool>,
+    status: ExitStatus,
+) -> Result<(), String> {
+    until_gone(gone, async {
+        writer.send_server(&ServerMsg::Exit(status)).await?;
+        writer.shutdown().await
+    })
+    .await
+    .map_err(|e| format!("could not send the exit status: {e}"))
 }
 
 /// Resets a frame buffer to header room plus space for one chunk.

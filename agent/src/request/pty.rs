@@ -164,14 +164,9 @@ where
             let status = exec::exit_status(status, kill.as_ref());
             outcome.status = Some(status);
             if sending {
-                let sent = exec::until_gone(&mut gone, async {
-                    writer.send_server(&ServerMsg::Exit(status)).await?;
-                    writer.shutdown().await
-                })
-                .await;
-                match sent {
+                match exec::send_exit(&mut writer, &mut gone, status).await {
                     Ok(()) => exit_sent = true,
-                    Err(e) => outcome.error = Some(format!("could not send the exit status: {e}")),
+                    Err(e) => outcome.error = Some(e),
                 }
             }
         }
