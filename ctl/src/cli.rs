@@ -244,6 +244,14 @@ impl Command {
     }
 }
 
+impl Command {
+    /// Whether this runs one target with its output passed through as it comes (`exec`
+    /// without -t, --json or --group, and not to many targets).
+    pub fn passes_through(&self) -> bool {
+        matches!(self, Command::Exec(a) if !a.targets.many() && !a.tty && !a.json && !a.group)
+    }
+}
+
 impl TargetArgs {
     /// Whether many-target mode was asked for.
     pub fn many(&self) -> bool {

@@ -94,13 +94,19 @@ pub async fn run<O: Output>(
             msg = reader.next_server_msg() => match msg {
                 Ok(Some(ServerMsg::Stdout(data))) => {
                     // A terminal that cannot be written to has no one to show the session.
-                    if out.stdout(data).is_err() && !cancelled {
+                    let written = match out.stdout(data) {
+                        Ok(()) => out.settle().await,
+                        Err(e) => Err(e),
+                    };
+                    if written.is_err() && !cancelled {
                         cancelled = true;
                         let _ = out_tx.send(Outgoing::Cancel(libc::SIGHUP as u8)).await;
                     }
                 }
                 Ok(Some(ServerMsg::Stderr(data))) => {
-                    let _ = out.stderr(data);
+                    if out.stderr(data).is_ok() {
+                        let _ = out.settle().await;
+                    }
                 }
                 Ok(Some(ServerMsg::Exit(status))) => break Ok(status),
                 Ok(Some(ServerMsg::Error(text))) => {

@@ -50,14 +50,9 @@ use crate::target::Target;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    // One target needs one worker: its exchange is a few tasks, and an output write that may
-    // stall takes a thread of its own (block_in_place). Starting and joining a second worker
-    // cost a short run about 0.2 ms (docs/benchmarks.md, section 9).
-    if cli.command.one_target() {
-        builder.worker_threads(1);
-    }
-    let runtime = match builder.enable_all().build() {
+    // One target's output passed through, looked at before the runtime is chosen.
+    let console = cli.command.passes_through().then(output::Console::open);
+    let runtime = match runtime(&cli.command, console.as_ref()) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ctl: cannot start the async runtime: {e}");
@@ -65,7 +60,7 @@ fn main() -> ExitCode {
         }
     };
     let code = match cli.command {
-        Command::Exec(args) => runtime.block_on(exec(args)),
+        Command::Exec(args) => runtime.block_on(exec(args, console)),
         Command::Ping(args) => runtime.block_on(ping(args)),
         Command::Push(args) => runtime.block_on(push(args)),
         Command::Pull(args) => runtime.block_on(pull(args)),
@@ -79,6 +74,33 @@ fn main() -> ExitCode {
     // reads stdin is not the runtime's, so it cannot hold this up.
     runtime.shutdown_timeout(Duration::from_millis(250));
     ExitCode::from(code)
+}
+
+/// The runtime for `command`. One target whose writes cannot hold up a thread (output to
+/// files, `/dev/null` or pipes opened again non-blocking, see [`output::Console`]), and a
+/// ping of one target, run on ctl's own thread: starting and joining a worker, and handing
+/// each wake-up across to it, cost a short run about 0.3 ms (docs/benchmarks.md, section 9).
+/// Otherwise a write to a terminal may stall (flow control, a slow screen): it runs under
+/// `block_in_place` on a worker of the multi-thread runtime, so that the heartbeats go on;
+/// one target needs one worker.
+fn runtime(
+    command: &Command,
+    console: Option<&output::Console>,
+) -> std::io::Result<tokio::runtime::Runtime> {
+    let own_thread = match command {
+        Command::Ping(_) => command.one_target(),
+        Command::Exec(_) => console.is_some_and(|c| !c.may_block()),
+        _ => false,
+    };
+    let mut builder = if own_thread {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if !own_thread && command.one_target() {
+        builder.worker_threads(1);
+    }
+    builder.enable_all().build()
 }
 
 /// Prints a usage-class error and returns the usage exit status.
@@ -122,7 +144,7 @@ fn with_agent_name(args: &TargetArgs, mut targets: Vec<Target>) -> Result<Vec<Ta
     Ok(targets)
 }
 
-async fn exec(args: ExecArgs) -> u8 {
+async fn exec(args: ExecArgs, console: Option<output::Console>) -> u8 {
     setup::init_logging(args.targets.verbose);
     if let Some(user) = &args.login {
         return usage_error(format!(
@@ -256,7 +278,7 @@ async fn exec(args: ExecArgs) -> u8 {
     };
     let total = targets.len();
     let code = if !many && !args.json {
-        let mut renderer = Single::new(args.timeout, args.output_dir.clone());
+        let mut renderer = Single::new(args.timeout, args.output_dir.clone(), console);
         engine::run(job, targets, limits, stop, &mut renderer).await
     } else {
         let style = match (args.json, args.group) {
@@ -353,7 +375,7 @@ async fn exec_tty(args: ExecArgs, settings: setup::Settings) -> u8 {
         batch: None,
     };
     // No --output-dir: the session's screen is for the terminal.
-    let mut renderer = Single::new(args.timeout, None);
+    let mut renderer = Single::new(args.timeout, None, None);
     let code = engine::run(job, [target], limits, stop, &mut renderer).await;
     let signalled = *interrupted.borrow();
     match signalled {

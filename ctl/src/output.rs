@@ -2,9 +2,13 @@
 //! stdout and stderr byte for byte, or memory). The renderers build on these.
 
 use std::fs::File;
+use std::future::Future;
 use std::io::{self, Write};
 use std::mem::ManuallyDrop;
 use std::os::fd::FromRawFd;
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 
 /// Where a command's output goes.
 pub trait Output {
@@ -12,6 +16,140 @@ pub trait Output {
     fn stdout(&mut self, data: &[u8]) -> io::Result<()>;
     /// Bytes the command wrote to stderr.
     fn stderr(&mut self, data: &[u8]) -> io::Result<()>;
+    /// Waits until the bytes taken so far are written, for a sink that may take bytes before
+    /// it can pass them on ([`Passthrough`] on a [`Console`]). The caller awaits this before
+    /// it takes more output, which holds the agent back; the runtime's other tasks (the
+    /// heartbeats) go on meanwhile. The error is that of a failed stdout write.
+    fn settle(&mut self) -> impl Future<Output = io::Result<()>> + Send {
+        async { Ok(()) }
+    }
+}
+
+/// ctl's stdout and stderr for one target's output passed through, found out before the
+/// runtime starts: each stream that is a pipe is opened again, non-blocking, as a new open
+/// file of the same pipe (through `/proc/self/fd`, so that the caller's descriptor keeps its
+/// flags). A full pipe (a paused `| less`) then holds the output back while ctl's one thread
+/// goes on sending heartbeats.
+pub struct Console {
+    kinds: [Sink; 2],
+    pipes: [Option<File>; 2],
+}
+
+impl Console {
+    /// Looks at descriptors 1 and 2, and opens again each that is a pipe.
+    pub fn open() -> Self {
+        let kinds = [Sink::of(1), Sink::of(2)];
+        let pipes = [1, 2].map(|fd| match kinds[fd as usize - 1] {
+            Sink::Pipe => reopen_nonblocking(fd),
+            _ => None,
+        });
+        Self { kinds, pipes }
+    }
+
+    /// Whether a write to stdout or stderr could hold up the writing thread: a terminal, a
+    /// socket, or a pipe that could not be opened again.
+    pub fn may_block(&self) -> bool {
+        self.kinds
+            .iter()
+            .zip(&self.pipes)
+            .any(|(kind, pipe)| match kind {
+                Sink::Finishes => false,
+                Sink::Pipe => pipe.is_none(),
+                Sink::MayStall => true,
+            })
+    }
+}
+
+/// A new, non-blocking open file of the pipe that `fd` writes to; `None` where that cannot be
+/// had (no /proc) or the descriptor is not what it was.
+fn reopen_nonblocking(fd: i32) -> Option<File> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(format!("/proc/self/fd/{fd}"))
+        .ok()?;
+    // SAFETY: a zeroed stat filled by fstat; a closed descriptor only makes it fail.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    let same = unsafe { libc::fstat(fd, &mut st) } == 0
+        && file
+            .metadata()
+            .is_ok_and(|m| m.dev() == st.st_dev && m.ino() == st.st_ino);
+    same.then_some(file)
+}
+
+/// A non-blocking pipe and the bytes taken for it that did not fit yet.
+struct HeldPipe {
+    fd: AsyncFd<File>,
+    held: Vec<u8>,
+    /// How much of `held` is written.
+    sent: usize,
+}
+
+impl HeldPipe {
+    /// `file`, non-blocking, registered with the runtime; `None` outside one.
+    fn new(file: File) -> Option<Self> {
+        // Registering panics outside a runtime.
+        tokio::runtime::Handle::try_current().ok()?;
+        // SAFETY: the File owns its descriptor, which stays open and the same until the
+        // AsyncFd (which owns the File) is dropped.
+        let fd = unsafe { AsyncFd::register_with_interest(file, Interest::WRITABLE) }.ok()?;
+        Some(Self {
+            fd,
+            held: Vec::new(),
+            sent: 0,
+        })
+    }
+
+    /// Writes what fits of `data` now and keeps the rest, after anything held before.
+    fn put(&mut self, mut data: &[u8]) -> io::Result<()> {
+        if self.sent < self.held.len() {
+            self.held.extend_from_slice(data);
+            return Ok(());
+        }
+        self.held.clear();
+        self.sent = 0;
+        while !data.is_empty() {
+            match self.fd.get_ref().write(data) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => data = &data[n..],
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.held.extend_from_slice(data);
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes what is held, as the pipe makes room.
+    async fn flush(&mut self) -> io::Result<()> {
+        let Self { fd, held, sent } = self;
+        while *sent < held.len() {
+            let mut ready = fd.writable().await?;
+            match ready.try_io(|fd| fd.get_ref().write(&held[*sent..])) {
+                Ok(Ok(0)) => {
+                    held.clear();
+                    *sent = 0;
+                    return Err(io::ErrorKind::WriteZero.into());
+                }
+                Ok(Ok(n)) => *sent += n,
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(Err(e)) => {
+                    held.clear();
+                    *sent = 0;
+                    return Err(e);
+                }
+                // Readiness was stale: wait for the reader to make room.
+                Err(_would_block) => {}
+            }
+        }
+        held.clear();
+        *sent = 0;
+        Ok(())
+    }
 }
 
 /// Writes straight to file descriptors 1 and 2, unbuffered, so output appears as it comes.
@@ -19,6 +157,8 @@ pub struct Passthrough {
     stdout: ManuallyDrop<File>,
     stderr: ManuallyDrop<File>,
     kinds: [Sink; 2],
+    /// Stdout and stderr where each is a pipe of a [`Console`]; writes to these never block.
+    pipes: [Option<HeldPipe>; 2],
 }
 
 impl Passthrough {
@@ -31,8 +171,20 @@ impl Passthrough {
                 stdout: ManuallyDrop::new(File::from_raw_fd(1)),
                 stderr: ManuallyDrop::new(File::from_raw_fd(2)),
                 kinds: [Sink::of(1), Sink::of(2)],
+                pipes: [None, None],
             }
         }
+    }
+
+    /// Writes to the console's pipes without blocking (see [`Output::settle`]); must be
+    /// called within the runtime. A pipe that cannot be registered with it is written
+    /// through the descriptor the caller gave, as [`Passthrough::new`] does.
+    pub fn on(console: Console) -> Self {
+        let mut this = Self::new();
+        this.kinds = console.kinds;
+        let [out, err] = console.pipes;
+        this.pipes = [out.and_then(HeldPipe::new), err.and_then(HeldPipe::new)];
+        this
     }
 
     /// What stdout and stderr are, as found when this was made.
@@ -48,13 +200,32 @@ impl Passthrough {
 
 impl Output for Passthrough {
     fn stdout(&mut self, data: &[u8]) -> io::Result<()> {
+        if let Some(pipe) = &mut self.pipes[0] {
+            return pipe.put(data);
+        }
         let stall = self.may_stall(1, data.len());
         off_runtime(stall, || write_all(&mut self.stdout, data))
     }
 
     fn stderr(&mut self, data: &[u8]) -> io::Result<()> {
+        if let Some(pipe) = &mut self.pipes[1] {
+            return pipe.put(data);
+        }
         let stall = self.may_stall(2, data.len());
         off_runtime(stall, || write_all(&mut self.stderr, data))
+    }
+
+    async fn settle(&mut self) -> io::Result<()> {
+        let [out, err] = &mut self.pipes;
+        let stdout = match out {
+            Some(pipe) => pipe.flush().await,
+            None => Ok(()),
+        };
+        if let Some(pipe) = err {
+            // As a direct write to stderr, a failed one is not the command's concern.
+            let _ = pipe.flush().await;
+        }
+        stdout
     }
 }
 
@@ -159,16 +330,21 @@ impl<S> Tee<S> {
         }
     }
 
-    /// Also writes to `dir/<spelling>.out` and `.err`, created (or emptied) now.
-    pub fn to_dir(dir: &std::path::Path, spelling: &str, inner: S) -> io::Result<Self> {
+    /// Also writes to `dir/<spelling>.out` and `.err`, created (or emptied) now; gives
+    /// `inner` back with the error when one cannot be made.
+    pub fn to_dir(dir: &std::path::Path, spelling: &str, inner: S) -> Result<Self, (io::Error, S)> {
         let open = |ext: &str| {
             let path = dir.join(format!("{spelling}.{ext}"));
             File::create(&path).map_err(|e| {
                 io::Error::new(e.kind(), format!("cannot create {}: {e}", path.display()))
             })
         };
+        let files = match open("out").and_then(|out| Ok((out, open("err")?))) {
+            Ok(files) => files,
+            Err(e) => return Err((e, inner)),
+        };
         Ok(Self {
-            files: Some((open("out")?, open("err")?)),
+            files: Some(files),
             error: None,
             inner,
         })
@@ -200,6 +376,10 @@ impl<S: Output> Output for Tee<S> {
     fn stderr(&mut self, data: &[u8]) -> io::Result<()> {
         self.copy(true, data);
         self.inner.stderr(data)
+    }
+
+    fn settle(&mut self) -> impl Future<Output = io::Result<()>> + Send {
+        self.inner.settle()
     }
 }
 
@@ -250,5 +430,85 @@ mod tests {
         c.stdout(b"ab").unwrap();
         assert!(c.stdout_cut && !c.stderr_cut);
         assert_eq!(c.stdout.len(), MAX_CAPTURE);
+    }
+
+    /// A pipe: (read end, write end).
+    fn pipe() -> (File, File) {
+        let mut fds = [0; 2];
+        // SAFETY: pipe writes two new descriptors, each owned by one File from here on.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) }
+    }
+
+    #[test]
+    fn a_full_pipe_holds_output_back_without_holding_up_the_thread() {
+        use std::io::Read;
+        use std::os::fd::AsRawFd;
+        let (mut reader, writer) = pipe();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let again = reopen_nonblocking(writer.as_raw_fd()).expect("reopen the pipe");
+            // (Else the put below would never return.)
+            let flags = unsafe { libc::fcntl(again.as_raw_fd(), libc::F_GETFL) };
+            assert_ne!(flags & libc::O_NONBLOCK, 0);
+            let mut pipe = HeldPipe::new(again).expect("register the pipe");
+            // The caller's descriptor keeps its flags.
+            let flags = unsafe { libc::fcntl(writer.as_raw_fd(), libc::F_GETFL) };
+            assert_eq!(flags & libc::O_NONBLOCK, 0);
+            // Four times what the pipe holds: the write takes it all and returns at once.
+            let data: Vec<u8> = (0..4 * 65536u32).map(|i| (i % 251) as u8).collect();
+            pipe.put(&data).unwrap();
+            assert!(pipe.sent < pipe.held.len(), "nothing was held back");
+            pipe.put(b"end").unwrap();
+            // Nobody reads yet: the thread goes on with other tasks while the bytes wait.
+            let ticks = tokio::spawn(async {
+                let mut n = 0;
+                for _ in 0..5 {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    n += 1;
+                }
+                n
+            });
+            let settled = tokio::time::timeout(std::time::Duration::from_millis(200), pipe.flush());
+            assert!(settled.await.is_err(), "flush returned with nobody reading");
+            assert_eq!(ticks.await.unwrap(), 5);
+            let read = std::thread::spawn(move || {
+                let mut got = Vec::new();
+                reader.read_to_end(&mut got).map(|_| got)
+            });
+            pipe.flush().await.unwrap();
+            drop(pipe);
+            drop(writer);
+            let mut want = data.clone();
+            want.extend_from_slice(b"end");
+            let got = read.join().unwrap().unwrap();
+            assert!(
+                got == want,
+                "{} bytes arrived, {} were sent",
+                got.len(),
+                want.len()
+            );
+        });
+    }
+
+    #[test]
+    fn a_pipe_without_a_reader_fails_the_write() {
+        use std::os::fd::AsRawFd;
+        let (reader, writer) = pipe();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut pipe = HeldPipe::new(reopen_nonblocking(writer.as_raw_fd()).unwrap()).unwrap();
+            pipe.put(&vec![1; 3 * 65536]).unwrap();
+            drop(reader);
+            let e = pipe.flush().await.unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
+            assert!(pipe.held.is_empty());
+        });
     }
 }

@@ -347,7 +347,11 @@ async fn run_exec<O: Output>(
         match next {
             Ok(Some(ServerMsg::Stdout(data))) => {
                 if stdout_open {
-                    if let Err(e) = out.stdout(data) {
+                    let written = match out.stdout(data) {
+                        Ok(()) => out.settle().await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = written {
                         // Like a local pipeline: a closed stdout ends the command with SIGPIPE.
                         stdout_open = false;
                         if e.kind() == io::ErrorKind::BrokenPipe {
@@ -359,7 +363,9 @@ async fn run_exec<O: Output>(
                 }
             }
             Ok(Some(ServerMsg::Stderr(data))) => {
-                let _ = out.stderr(data);
+                if out.stderr(data).is_ok() {
+                    let _ = out.settle().await;
+                }
             }
             Ok(Some(ServerMsg::Exit(status))) => break Ok(Some(status)),
             Ok(Some(ServerMsg::Error(text))) => {

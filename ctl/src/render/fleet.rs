@@ -313,11 +313,11 @@ impl Renderer<Outcome> for Fleet {
             None => Tee::plain(inner),
             Some(dir) => match Tee::to_dir(dir, &target.spelling, inner) {
                 Ok(tee) => tee,
-                Err(e) => {
+                Err((e, inner)) => {
                     self.note(&format!("ctl: {target}: {e}\n"));
                     self.worst = self.worst.max(exit::FAILURE);
-                    // The run goes on without the copy; rebuilding the sink costs nothing.
-                    Tee::plain(self.inner(target, stop))
+                    // The run goes on without the copy.
+                    Tee::plain(inner)
                 }
             },
         };

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::engine::{Renderer, Stop, Unstarted};
 use crate::exit;
 use crate::outcome::Outcome;
-use crate::output::{Passthrough, Tee};
+use crate::output::{Console, Passthrough, Tee};
 use crate::render::{copy_failure, diagnosis};
 use crate::target::Target;
 
@@ -16,16 +16,23 @@ use crate::target::Target;
 pub struct Single {
     timeout: Option<Duration>,
     output_dir: Option<PathBuf>,
+    console: Option<Console>,
     status: u8,
 }
 
 impl Single {
     /// `timeout` is the `--timeout` given, for the message when it runs out; output is also
-    /// copied to `output_dir` when given.
-    pub fn new(timeout: Option<Duration>, output_dir: Option<PathBuf>) -> Self {
+    /// copied to `output_dir` when given. Output goes through `console` when given (see
+    /// [`Passthrough::on`]).
+    pub fn new(
+        timeout: Option<Duration>,
+        output_dir: Option<PathBuf>,
+        console: Option<Console>,
+    ) -> Self {
         Self {
             timeout,
             output_dir,
+            console,
             // Stays so only when the target was never started (a stop came first).
             status: exit::UNREACHABLE,
         }
@@ -36,14 +43,16 @@ impl Renderer<Outcome> for Single {
     type Sink = Tee<Passthrough>;
 
     fn start(&mut self, target: &Target, _stop: &Stop) -> Tee<Passthrough> {
+        let io = match self.console.take() {
+            Some(console) => Passthrough::on(console),
+            None => Passthrough::new(),
+        };
         match &self.output_dir {
-            None => Tee::plain(Passthrough::new()),
-            Some(dir) => {
-                Tee::to_dir(dir, &target.spelling, Passthrough::new()).unwrap_or_else(|e| {
-                    eprintln!("ctl: {target}: {e}");
-                    Tee::plain(Passthrough::new())
-                })
-            }
+            None => Tee::plain(io),
+            Some(dir) => Tee::to_dir(dir, &target.spelling, io).unwrap_or_else(|(e, io)| {
+                eprintln!("ctl: {target}: {e}");
+                Tee::plain(io)
+            }),
         }
     }
 
