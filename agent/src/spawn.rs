@@ -92,6 +92,11 @@ impl Command {
         self
     }
 
+    /// The directory given with [`Command::current_dir`].
+    pub fn dir(&self) -> Option<&OsStr> {
+        self.cwd.as_deref()
+    }
+
     /// The directory the command starts in (unless a [`Switch`] chooses it).
     pub fn current_dir(&mut self, dir: impl AsRef<OsStr>) -> &mut Self {
         self.cwd = Some(dir.as_ref().to_owned());
@@ -304,7 +309,8 @@ extern "C" fn child(arg: *mut c_void) -> c_int {
             if libc::sigaction(sig, std::ptr::null(), &mut old) != 0 {
                 continue;
             }
-            if sig == libc::SIGPIPE || old.sa_sigaction != libc::SIG_IGN {
+            let handled = !matches!(old.sa_sigaction, libc::SIG_IGN | libc::SIG_DFL);
+            if sig == libc::SIGPIPE || handled {
                 libc::sigaction(sig, &default, std::ptr::null_mut());
             }
         }
