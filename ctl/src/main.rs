@@ -795,3 +795,17 @@ fn enroll(args: EnrollArgs) -> u8 {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// build.rs links libgcc's unwinder statically: a panic still unwinds to its catcher
+    /// (else the process aborts here).
+    #[test]
+    fn a_panic_unwinds_with_the_unwinder_build_rs_links() {
+        let caught = std::panic::catch_unwind(|| {
+            let _guard = vec![1u8; 16];
+            panic!("unwind through a frame with a destructor");
+        });
+        assert!(caught.is_err());
+    }
+}
