@@ -133,7 +133,8 @@ struct TempUser {
 }
 
 impl TempUser {
-    fn create(home: &Path) -> Option<Self> {
+    /// A user with `home` and the login shell `shell` (empty: none given in the database).
+    fn create(home: &Path, shell: &str) -> Option<Self> {
         let tag = marker("u").replace('-', "");
         // useradd takes at most 32 characters.
         let name = format!("rx{}", &tag[tag.len().saturating_sub(20)..]);
@@ -149,7 +150,7 @@ impl TempUser {
         let made = Command::new("useradd")
             .args(["-m", "-d"])
             .arg(home)
-            .args(["-s", "/bin/sh", "-G", &user.group, &user.name])
+            .args(["-s", shell, "-G", &user.group, &user.name])
             .status()
             .is_ok_and(|s| s.success());
         made.then_some(user)
@@ -175,7 +176,7 @@ fn a_created_user_gets_its_groups_home_and_environment() {
     let base = scratch();
     std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let home = base.path().join("home");
-    let Some(user) = TempUser::create(&home) else {
+    let Some(user) = TempUser::create(&home, "/bin/sh") else {
         eprintln!("skipped a_created_user_gets_its_groups_home_and_environment: useradd failed");
         return;
     };
@@ -219,6 +220,42 @@ fn a_created_user_gets_its_groups_home_and_environment() {
             && run.err().contains("Permission denied"),
         "{run}"
     );
+}
+
+#[test]
+fn an_empty_login_shell_in_the_user_database_means_bin_sh() {
+    let test = "an_empty_login_shell_in_the_user_database_means_bin_sh";
+    if !can_switch_users(test) {
+        return;
+    }
+    let base = scratch();
+    std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let home = base.path().join("home");
+    let Some(user) = TempUser::create(&home, "") else {
+        eprintln!("skipped {test}: useradd failed");
+        return;
+    };
+    assert_eq!(
+        passwd(&user.name).map(|f| f[6].clone()),
+        Some(String::new())
+    );
+    let (agent, client) = agent_with(&format!("user={}", user.name));
+    let run = exec_as(&agent, &client, &[], "echo \"shell=$SHELL\"").run();
+    run.expect_code(0);
+    assert_eq!(run.out(), "shell=/bin/sh\n", "{run}");
+    // A session without a command runs the login shell, as login(1) would: /bin/sh.
+    let mut cmd = Command::new(bin("ctl"));
+    cmd.args(["exec", "-t", "--key-file"])
+        .arg(&client)
+        .arg(agent.target())
+        .env_remove("CTL_KEY_FILE")
+        .env_remove("CTL_PORT")
+        .env("TERM", "xterm-256color");
+    let mut term = crate::pty_util::Terminal::spawn(cmd, 24, 80);
+    term.type_keys(b"echo \"zero=$0 user=$(id -un)\"; exit 4\r");
+    term.wait_for(&format!("zero=-sh user={}", user.name), WAIT);
+    let status = term.wait_exit(WAIT);
+    assert_eq!(status.code(), Some(4), "{}", term.screen());
 }
 
 #[test]
@@ -502,7 +539,7 @@ fn push_and_pull_under_user_have_that_users_rights() {
     let base = scratch();
     std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let home = base.path().join("home");
-    let Some(user) = TempUser::create(&home) else {
+    let Some(user) = TempUser::create(&home, "/bin/sh") else {
         eprintln!("skipped push_and_pull_under_user_have_that_users_rights: useradd failed");
         return;
     };
