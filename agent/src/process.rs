@@ -151,22 +151,30 @@ fn release_leader(pid: i32) {
 /// ([`Command::session_on_stdin`]), a session. The work (a cgroup made, the spawn, which waits
 /// for the exec, and for a directory that may be slow to enter) runs on the blocking pool, so
 /// that commands starting do not stall handshakes. (Run on the workers instead, 200 commands
-/// starting at once kept handshakes waiting past their deadline.) A lone command with no
-/// directory to enter and no user to become starts on the calling worker: then the spawn
-/// holds up that one worker only until the exec, and the hand-over to the pool and back would
-/// cost it about 0.2 ms (docs/benchmarks.md, section 9).
+/// starting at once kept handshakes waiting past their deadline.) A lone command in a cgroup,
+/// with no directory to enter and no user to become, starts on the calling worker where
+/// there are others: the spawn holds up that one worker until the exec, and the hand-over to
+/// the pool and back would cost it about 0.2 ms (docs/benchmarks.md, section 9).
 pub async fn spawn(cmd: Command, user: Option<Switch>) -> io::Result<(Child, Tree)> {
     // A few at a time: hundreds of spawns at once would take the CPU from the handshakes and
     // output of everything else.
     static STARTING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(SPAWNS_AT_ONCE);
-    let _turn = STARTING.acquire().await.map_err(io::Error::other)?;
+    let turn = STARTING.acquire().await.map_err(io::Error::other)?;
     let alone = STARTING.available_permits() == SPAWNS_AT_ONCE - 1;
-    if alone && user.is_none() && cmd.dir().is_none() {
+    // Under the subreaper the spawn takes the LEADERS lock, which the orphan reaper holds
+    // across a scan of /proc.
+    let cgroup = matches!(containment::current(), Containment::Cgroup { .. });
+    let others = tokio::runtime::Handle::current().metrics().num_workers() > 1;
+    if alone && cgroup && others && user.is_none() && cmd.dir().is_none() {
         return spawn_now(cmd, None);
     }
-    tokio::task::spawn_blocking(move || spawn_now(cmd, user))
-        .await
-        .map_err(io::Error::other)?
+    // The turn goes with the work: a spawn whose caller went away still counts.
+    tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        spawn_now(cmd, user)
+    })
+    .await
+    .map_err(io::Error::other)?
 }
 
 fn spawn_now(mut cmd: Command, user: Option<Switch>) -> io::Result<(Child, Tree)> {

@@ -50,9 +50,7 @@ use crate::target::Target;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // One target's output passed through, looked at before the runtime is chosen.
-    let console = cli.command.passes_through().then(output::Console::open);
-    let runtime = match runtime(&cli.command, console.as_ref()) {
+    let (runtime, console) = match runtime(&cli.command) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ctl: cannot start the async runtime: {e}");
@@ -76,31 +74,41 @@ fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
-/// The runtime for `command`. One target whose writes cannot hold up a thread (output to
-/// files, `/dev/null` or pipes opened again non-blocking, see [`output::Console`]), and a
-/// ping of one target, run on ctl's own thread: starting and joining a worker, and handing
-/// each wake-up across to it, cost a short run about 0.3 ms (docs/benchmarks.md, section 9).
-/// Otherwise a write to a terminal may stall (flow control, a slow screen): it runs under
-/// `block_in_place` on a worker of the multi-thread runtime, so that the heartbeats go on;
-/// one target needs one worker.
+/// The runtime for `command`, and for one target's output passed through, the console it
+/// writes to where that runs on ctl's own thread. One target whose writes cannot hold up a
+/// thread (output to files, `/dev/null` or pipes opened again non-blocking, see
+/// [`output::Console`]), and a ping of one target, run on ctl's own thread: starting and
+/// joining a worker, and handing each wake-up across to it, cost a short run about 0.3 ms
+/// (docs/benchmarks.md, section 9). Otherwise a write to a terminal may stall (flow control,
+/// a slow screen): it runs under `block_in_place` on a worker of the multi-thread runtime, so
+/// that the heartbeats go on; one target needs one worker.
 fn runtime(
     command: &Command,
-    console: Option<&output::Console>,
-) -> std::io::Result<tokio::runtime::Runtime> {
-    let own_thread = match command {
-        Command::Ping(_) => command.one_target(),
-        Command::Exec(_) => console.is_some_and(|c| !c.may_block()),
-        _ => false,
-    };
-    let mut builder = if own_thread {
+) -> std::io::Result<(tokio::runtime::Runtime, Option<output::Console>)> {
+    let one_thread = || {
         tokio::runtime::Builder::new_current_thread()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
     };
-    if !own_thread && command.one_target() {
+    if matches!(command, Command::Ping(_)) && command.one_target() {
+        return Ok((one_thread()?, None));
+    }
+    if command.passes_through() {
+        let runtime = one_thread()?;
+        // The console's pipes are registered with this runtime, so opened within it.
+        let console = {
+            let _entered = runtime.enter();
+            output::Console::open()
+        };
+        if let Some(console) = console {
+            return Ok((runtime, Some(console)));
+        }
+    }
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if command.one_target() {
         builder.worker_threads(1);
     }
-    builder.enable_all().build()
+    Ok((builder.enable_all().build()?, None))
 }
 
 /// Prints a usage-class error and returns the usage exit status.
@@ -807,5 +815,13 @@ mod tests {
             panic!("unwind through a frame with a destructor");
         });
         assert!(caught.is_err());
+    }
+
+    /// ... and the shared one is not loaded.
+    #[test]
+    #[cfg(static_unwinder)]
+    fn libgcc_s_is_not_loaded() {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        assert!(!maps.contains("libgcc_s"), "{maps}");
     }
 }

@@ -25,38 +25,33 @@ pub trait Output {
     }
 }
 
-/// ctl's stdout and stderr for one target's output passed through, found out before the
-/// runtime starts: each stream that is a pipe is opened again, non-blocking, as a new open
-/// file of the same pipe (through `/proc/self/fd`, so that the caller's descriptor keeps its
-/// flags). A full pipe (a paused `| less`) then holds the output back while ctl's one thread
-/// goes on sending heartbeats.
+/// ctl's stdout and stderr for one target's output passed through, when neither can hold up
+/// a thread: each is a file, `/dev/null`, or a pipe opened again, non-blocking, as a new
+/// open file of the same pipe (through `/proc/self/fd`, so that the caller's descriptor
+/// keeps its flags). A full pipe (a paused `| less`) then holds the output back while ctl's
+/// one thread goes on sending heartbeats.
 pub struct Console {
     kinds: [Sink; 2],
-    pipes: [Option<File>; 2],
+    pipes: [Option<HeldPipe>; 2],
 }
 
 impl Console {
-    /// Looks at descriptors 1 and 2, and opens again each that is a pipe.
-    pub fn open() -> Self {
+    /// Looks at descriptors 1 and 2 and opens again each that is a pipe, registered with the
+    /// runtime entered; `None` where a write to either could still hold up the thread: a
+    /// terminal, a socket, or a pipe that could not be opened again or registered.
+    pub fn open() -> Option<Self> {
         let kinds = [Sink::of(1), Sink::of(2)];
-        let pipes = [1, 2].map(|fd| match kinds[fd as usize - 1] {
-            Sink::Pipe => reopen_nonblocking(fd),
-            _ => None,
-        });
-        Self { kinds, pipes }
-    }
-
-    /// Whether a write to stdout or stderr could hold up the writing thread: a terminal, a
-    /// socket, or a pipe that could not be opened again.
-    pub fn may_block(&self) -> bool {
-        self.kinds
-            .iter()
-            .zip(&self.pipes)
-            .any(|(kind, pipe)| match kind {
-                Sink::Finishes => false,
-                Sink::Pipe => pipe.is_none(),
-                Sink::MayStall => true,
-            })
+        if kinds.contains(&Sink::MayStall) {
+            return None;
+        }
+        let mut pipes = [None, None];
+        for (i, (kind, pipe)) in kinds.iter().zip(&mut pipes).enumerate() {
+            if *kind == Sink::Pipe {
+                let fd = i as i32 + 1;
+                *pipe = Some(reopen_nonblocking(fd).and_then(HeldPipe::new)?);
+            }
+        }
+        Some(Self { kinds, pipes })
     }
 }
 
@@ -64,6 +59,12 @@ impl Console {
 /// had (no /proc) or the descriptor is not what it was.
 fn reopen_nonblocking(fd: i32) -> Option<File> {
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    // Opened for writing, a descriptor that only reads (`1<&0`) would become a writer.
+    // SAFETY: F_GETFL only reads the descriptor's flags.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 || flags & libc::O_ACCMODE == libc::O_RDONLY {
+        return None;
+    }
     let file = std::fs::OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_NONBLOCK)
@@ -87,7 +88,7 @@ struct HeldPipe {
 }
 
 impl HeldPipe {
-    /// `file`, non-blocking, registered with the runtime; `None` outside one.
+    /// `file`, non-blocking, registered with the runtime entered; `None` outside one.
     fn new(file: File) -> Option<Self> {
         // Registering panics outside a runtime.
         tokio::runtime::Handle::try_current().ok()?;
@@ -101,9 +102,14 @@ impl HeldPipe {
         })
     }
 
+    /// Whether bytes are held.
+    fn holds(&self) -> bool {
+        self.sent < self.held.len()
+    }
+
     /// Writes what fits of `data` now and keeps the rest, after anything held before.
     fn put(&mut self, mut data: &[u8]) -> io::Result<()> {
-        if self.sent < self.held.len() {
+        if self.holds() {
             self.held.extend_from_slice(data);
             return Ok(());
         }
@@ -176,15 +182,18 @@ impl Passthrough {
         }
     }
 
-    /// Writes to the console's pipes without blocking (see [`Output::settle`]); must be
-    /// called within the runtime. A pipe that cannot be registered with it is written
-    /// through the descriptor the caller gave, as [`Passthrough::new`] does.
+    /// Writes to the console's pipes without blocking (see [`Output::settle`]).
     pub fn on(console: Console) -> Self {
         let mut this = Self::new();
         this.kinds = console.kinds;
-        let [out, err] = console.pipes;
-        this.pipes = [out.and_then(HeldPipe::new), err.and_then(HeldPipe::new)];
+        this.pipes = console.pipes;
         this
+    }
+
+    /// Whether the pipe of the stream other than `i` holds bytes: a write to `i` now would
+    /// come out ahead of them (callers settle after each write).
+    fn other_holds(&self, i: usize) -> bool {
+        self.pipes[1 - i].as_ref().is_some_and(HeldPipe::holds)
     }
 
     /// What stdout and stderr are, as found when this was made.
@@ -200,6 +209,7 @@ impl Passthrough {
 
 impl Output for Passthrough {
     fn stdout(&mut self, data: &[u8]) -> io::Result<()> {
+        debug_assert!(!self.other_holds(0), "stdout written before stderr settled");
         if let Some(pipe) = &mut self.pipes[0] {
             return pipe.put(data);
         }
@@ -208,6 +218,7 @@ impl Output for Passthrough {
     }
 
     fn stderr(&mut self, data: &[u8]) -> io::Result<()> {
+        debug_assert!(!self.other_holds(1), "stderr written before stdout settled");
         if let Some(pipe) = &mut self.pipes[1] {
             return pipe.put(data);
         }
@@ -450,6 +461,8 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
+            // A descriptor that only reads is not opened again as a writer.
+            assert!(reopen_nonblocking(reader.as_raw_fd()).is_none());
             let again = reopen_nonblocking(writer.as_raw_fd()).expect("reopen the pipe");
             // (Else the put below would never return.)
             let flags = unsafe { libc::fcntl(again.as_raw_fd(), libc::F_GETFL) };
@@ -461,7 +474,7 @@ mod tests {
             // Four times what the pipe holds: the write takes it all and returns at once.
             let data: Vec<u8> = (0..4 * 65536u32).map(|i| (i % 251) as u8).collect();
             pipe.put(&data).unwrap();
-            assert!(pipe.sent < pipe.held.len(), "nothing was held back");
+            assert!(pipe.holds(), "nothing was held back");
             pipe.put(b"end").unwrap();
             // Nobody reads yet: the thread goes on with other tasks while the bytes wait.
             let ticks = tokio::spawn(async {
