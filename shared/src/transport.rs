@@ -140,6 +140,24 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// Hands over the buffer holding the frame at `span` (the last [`Self::next_span`]
+    /// returned it; its body, opened in place, is the `body_len` bytes after the header) and
+    /// goes on in `spare`, which gets the bytes read after that frame. Those are at most a
+    /// read's worth, as reads stop where the frame ends, so this costs no copy of the body.
+    fn take(&mut self, span: Span, body_len: usize, mut spare: Vec<u8>) -> Owned {
+        let end = span.start + span.used;
+        spare.clear();
+        spare.extend_from_slice(&self.buf[end..]);
+        let buf = std::mem::replace(&mut self.buf, spare);
+        self.pos = 0;
+        let start = span.start + HEADER_LEN;
+        Owned {
+            buf,
+            start,
+            end: start + body_len.min(span.used.saturating_sub(HEADER_LEN)),
+        }
+    }
+
     /// The frame at `span`, which the last [`Self::next_span`] returned.
     fn frame(&mut self, span: Span) -> RawFrame<'_> {
         let whole = &mut self.buf[span.start..span.start + span.used];
@@ -155,6 +173,61 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 struct Span {
     start: usize,
     used: usize,
+}
+
+/// A frame opened in a [`FrameReader`]'s buffer: its kind, where it lies, its body's length.
+#[derive(Clone, Copy)]
+struct Opened {
+    kind: u8,
+    span: Span,
+    len: usize,
+}
+
+/// An opened frame's body that owns the buffer it was read and opened in: file data goes to
+/// the thread that writes it without being copied. [`Self::into_buffer`] gives the buffer back
+/// for reuse (see [`SealedReader::next_stream_msg_owning_data`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owned {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl Owned {
+    /// The whole buffer, the body and whatever came before it, for reading more frames into.
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.buf
+    }
+}
+
+impl From<Vec<u8>> for Owned {
+    fn from(body: Vec<u8>) -> Self {
+        let end = body.len();
+        Self {
+            buf: body,
+            start: 0,
+            end,
+        }
+    }
+}
+
+impl std::ops::Deref for Owned {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+}
+
+/// A message read by [`SealedReader::next_stream_msg_owning_data`] or
+/// [`SealedReader::next_server_msg_owning_data`]: file data as an owned body, other messages
+/// borrowed as usual.
+#[derive(Debug)]
+pub enum Incoming<M> {
+    /// The body of a file data message.
+    Data(Owned),
+    /// Any other message.
+    Msg(M),
 }
 
 /// What the two halves of one session share for liveness: this side's alive timeout and what
@@ -242,6 +315,16 @@ impl<R: AsyncRead + Unpin> SealedReader<R> {
     /// The next opened frame other than a heartbeat, as (kind, plaintext); `Ok(None)` on end
     /// of stream between frames.
     pub async fn next(&mut self) -> Result<Option<(u8, &mut [u8])>, ProtocolError> {
+        let Some(opened) = self.next_opened().await? else {
+            return Ok(None);
+        };
+        let frame = self.frames.frame(opened.span);
+        Ok(Some((opened.kind, &mut frame.payload[..opened.len])))
+    }
+
+    /// Reads and opens the next frame other than a heartbeat, in the frame buffer. Cancel-safe,
+    /// as [`FrameReader::next_span`] is: nothing is taken from the buffer until it returns.
+    async fn next_opened(&mut self) -> Result<Option<Opened>, ProtocolError> {
         let mut since = *self.waiting_since.get_or_insert_with(Instant::now);
         loop {
             let span = match self.pulse.own() {
@@ -295,9 +378,59 @@ impl<R: AsyncRead + Unpin> SealedReader<R> {
                 continue;
             }
             self.waiting_since = None;
-            let frame = self.frames.frame(span);
-            return Ok(Some((frame_kind, &mut frame.payload[..plain_len])));
+            return Ok(Some(Opened {
+                kind: frame_kind,
+                span,
+                len: plain_len,
+            }));
         }
+    }
+
+    /// As [`Self::next_stream_msg`], but a file data message comes with its buffer
+    /// ([`Incoming::Data`]); the reader goes on in `spare()`'s buffer, so the receiver can hand
+    /// buffers it is done with back. The message is decoded (checked) as any other.
+    pub async fn next_stream_msg_owning_data(
+        &mut self,
+        spare: impl FnOnce() -> Vec<u8>,
+    ) -> Result<Option<Incoming<StreamMsg<'_>>>, ProtocolError> {
+        let Some(opened) = self.next_opened().await? else {
+            return Ok(None);
+        };
+        let frame = self.frames.frame(opened.span);
+        let body = &frame.payload[..opened.len];
+        if matches!(
+            StreamMsg::decode(opened.kind, body)?,
+            StreamMsg::FileData(_)
+        ) {
+            let data = self.frames.take(opened.span, opened.len, spare());
+            return Ok(Some(Incoming::Data(data)));
+        }
+        let frame = self.frames.frame(opened.span);
+        StreamMsg::decode(opened.kind, &frame.payload[..opened.len])
+            .map(|msg| Some(Incoming::Msg(msg)))
+    }
+
+    /// As [`Self::next_server_msg`], with file data as in
+    /// [`Self::next_stream_msg_owning_data`].
+    pub async fn next_server_msg_owning_data(
+        &mut self,
+        spare: impl FnOnce() -> Vec<u8>,
+    ) -> Result<Option<Incoming<ServerMsg<'_>>>, ProtocolError> {
+        let Some(opened) = self.next_opened().await? else {
+            return Ok(None);
+        };
+        let frame = self.frames.frame(opened.span);
+        let body = &frame.payload[..opened.len];
+        if matches!(
+            ServerMsg::decode(opened.kind, body)?,
+            ServerMsg::FileData(_)
+        ) {
+            let data = self.frames.take(opened.span, opened.len, spare());
+            return Ok(Some(Incoming::Data(data)));
+        }
+        let frame = self.frames.frame(opened.span);
+        ServerMsg::decode(opened.kind, &frame.payload[..opened.len])
+            .map(|msg| Some(Incoming::Msg(msg)))
     }
 
     /// The next message from the agent; `Ok(None)` on end of stream.
@@ -852,6 +985,111 @@ mod tests {
         let (_writer, mut reader) = one_way();
         let wait = tokio::time::timeout(Duration::from_secs(3600), reader.next()).await;
         assert!(wait.is_err(), "the read gave up on its own");
+    }
+
+    /// Reads every stream message as a push receiver does, handing each data buffer back as
+    /// a spare once "written"; returns the data and the other messages' kinds.
+    async fn receive_owning(
+        reader: &mut SealedReader<ReadHalf<DuplexStream>>,
+    ) -> Result<(Vec<u8>, Vec<u8>), ProtocolError> {
+        let mut data = Vec::new();
+        let mut kinds = Vec::new();
+        let mut spares: Vec<Vec<u8>> = Vec::new();
+        while let Some(msg) = reader
+            .next_stream_msg_owning_data(|| spares.pop().unwrap_or_default())
+            .await?
+        {
+            match msg {
+                Incoming::Data(body) => {
+                    data.extend_from_slice(&body);
+                    // Whatever the buffer held before the body must not leak into the next.
+                    spares.push(body.into_buffer());
+                }
+                Incoming::Msg(msg) => kinds.push(msg.kind()),
+            }
+        }
+        Ok((data, kinds))
+    }
+
+    #[tokio::test]
+    async fn owned_data_bodies_are_exactly_the_bytes_sent_across_frame_boundaries() {
+        let keys = DirectionKeys {
+            key: [7; 32],
+            iv: [9; 12],
+        };
+        let mut sealer = Sealer::new(&keys);
+        let mut wire = Vec::new();
+        let mut sent = Vec::new();
+        let mut kinds = Vec::new();
+        // Big and small data frames, others between them, and a heartbeat (consumed): the
+        // bytes of one frame arrive with the next one's, and in pieces of odd sizes.
+        let mut n = 0u32;
+        for (i, len) in [256 * 1024, 1, 70_000, 0, 1024 * 1024, 3, 300_000]
+            .into_iter()
+            .enumerate()
+        {
+            let body: Vec<u8> = (0..len)
+                .map(|_| {
+                    n = n.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                    (n >> 16) as u8
+                })
+                .collect();
+            sealer.seal(kind::PUSH_DATA, &body, &mut wire).unwrap();
+            sent.extend_from_slice(&body);
+            if i % 2 == 0 {
+                let end = StreamMsg::FileEnd(crate::files::wire::FileEnd::Abandoned);
+                let mut b = Vec::new();
+                end.encode(&mut b);
+                sealer.seal(end.kind(), &b, &mut wire).unwrap();
+                kinds.push(end.kind());
+            } else {
+                sealer.seal(kind::HEARTBEAT, &[0; 4], &mut wire).unwrap();
+            }
+        }
+        sealer.seal(kind::PUSH_DONE, &[], &mut wire).unwrap();
+        kinds.push(kind::PUSH_DONE);
+        for piece in [1, 4093, 65_536, 1 << 20] {
+            let (mut a, b) = tokio::io::duplex(1 << 16);
+            let (read, _) = tokio::io::split(b);
+            let mut reader = SealedReader::new(FrameReader::new(read), Opener::new(&keys));
+            let bytes = wire.clone();
+            let sender = tokio::spawn(async move {
+                for part in bytes.chunks(piece) {
+                    a.write_all(part).await.unwrap();
+                }
+            });
+            let (data, got_kinds) = receive_owning(&mut reader).await.unwrap();
+            sender.await.unwrap();
+            assert!(data == sent, "pieces of {piece}: other bytes received");
+            assert_eq!(got_kinds, kinds, "pieces of {piece}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tampered_data_frame_is_never_handed_over() {
+        let keys = DirectionKeys {
+            key: [7; 32],
+            iv: [9; 12],
+        };
+        let mut sealer = Sealer::new(&keys);
+        let mut wire = Vec::new();
+        sealer.seal(kind::PUSH_DATA, &[1; 1000], &mut wire).unwrap();
+        let second = wire.len();
+        sealer.seal(kind::PUSH_DATA, &[2; 1000], &mut wire).unwrap();
+        wire[second + 600] ^= 1;
+        let (mut a, b) = tokio::io::duplex(1 << 16);
+        let (read, _) = tokio::io::split(b);
+        let mut reader = SealedReader::new(FrameReader::new(read), Opener::new(&keys));
+        a.write_all(&wire).await.unwrap();
+        drop(a);
+        match reader.next_stream_msg_owning_data(Vec::new).await {
+            Ok(Some(Incoming::Data(body))) => assert_eq!(&*body, &[1; 1000][..]),
+            other => panic!("the first frame was not handed over: {other:?}"),
+        }
+        assert!(matches!(
+            reader.next_stream_msg_owning_data(Vec::new).await,
+            Err(ProtocolError::Integrity)
+        ));
     }
 
     #[tokio::test]

@@ -14,7 +14,7 @@ use rexec_shared::files::path::display;
 use rexec_shared::files::sink::{self, Event, Links, Op, Options};
 use rexec_shared::files::wire::{FileError, PushRequest};
 use rexec_shared::message::{ServerMsg, StreamMsg};
-use rexec_shared::transport::{SealedReader, SealedWriter};
+use rexec_shared::transport::{Incoming, SealedReader, SealedWriter};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
@@ -138,6 +138,7 @@ where
     let mut reporting = true;
     let mut finishing = false;
     let mut seen = Vec::new();
+    let spares = handle.spares.clone();
     let result: Result<(), String> = loop {
         for event in seen.drain(..) {
             if let Event::Failed { path, message } = event {
@@ -145,13 +146,14 @@ where
             }
         }
         tokio::select! {
-            msg = reader.next_stream_msg(), if !finishing => {
+            // File data goes to the writer in the buffer it was read into, without a copy.
+            msg = reader.next_stream_msg_owning_data(|| spares.take()), if !finishing => {
                 let op = match msg {
-                    Ok(Some(StreamMsg::FileHeader(h))) => Op::Header(h),
-                    Ok(Some(StreamMsg::FileData(data))) => Op::Data(data.to_vec()),
-                    Ok(Some(StreamMsg::FileEnd(end))) => Op::End(end),
-                    Ok(Some(StreamMsg::PushDone)) => Op::Finish,
-                    Ok(Some(other)) => break Err(format!("protocol error: client sent frame kind 0x{:02x} during a push", other.kind())),
+                    Ok(Some(Incoming::Data(data))) => Op::Data(data),
+                    Ok(Some(Incoming::Msg(StreamMsg::FileHeader(h)))) => Op::Header(h),
+                    Ok(Some(Incoming::Msg(StreamMsg::FileEnd(end)))) => Op::End(end),
+                    Ok(Some(Incoming::Msg(StreamMsg::PushDone))) => Op::Finish,
+                    Ok(Some(Incoming::Msg(other))) => break Err(format!("protocol error: client sent frame kind 0x{:02x} during a push", other.kind())),
                     Ok(None) => break Err("client went away in the middle of the transfer".into()),
                     Err(e) => break Err(format!("client connection failed: {e}")),
                 };

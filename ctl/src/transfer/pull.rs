@@ -8,6 +8,7 @@ use rexec_shared::files::sink::{self, Event, Links, Op, Options};
 use rexec_shared::files::wire::PullRequest;
 use rexec_shared::keyfile::KeyEntry;
 use rexec_shared::message::{Request, ServerMsg};
+use rexec_shared::transport::Incoming;
 
 use super::{safe, Transfer};
 use crate::outcome::Failure;
@@ -54,20 +55,24 @@ pub async fn run(
     let beats = tokio::spawn(remote::keep_alive(writer));
     let mut seen = Vec::new();
     let mut local_failures = Vec::new();
+    let spares = handle.spares.clone();
     let verdict: Result<(), Failure> = loop {
-        let op = match reader.next_server_msg().await {
-            Ok(Some(ServerMsg::FileHeader(h))) => Op::Header(h),
-            Ok(Some(ServerMsg::FileData(data))) => Op::Data(data.to_vec()),
-            Ok(Some(ServerMsg::FileEnd(end))) => Op::End(end),
-            Ok(Some(ServerMsg::FileError(e))) => {
+        // File data goes to the writer in the buffer it was read into, without a copy.
+        let op = match reader.next_server_msg_owning_data(|| spares.take()).await {
+            Ok(Some(Incoming::Data(data))) => Op::Data(data),
+            Ok(Some(Incoming::Msg(ServerMsg::FileHeader(h)))) => Op::Header(h),
+            Ok(Some(Incoming::Msg(ServerMsg::FileEnd(end)))) => Op::End(end),
+            Ok(Some(Incoming::Msg(ServerMsg::FileError(e)))) => {
                 let message = safe(&e.message);
                 note(&message);
                 result.entry_failed(message);
                 continue;
             }
-            Ok(Some(ServerMsg::TransferDone(_))) => break Ok(()),
-            Ok(Some(ServerMsg::Error(text))) => break Err(Failure::Agent(safe(&text))),
-            Ok(Some(_)) => {
+            Ok(Some(Incoming::Msg(ServerMsg::TransferDone(_)))) => break Ok(()),
+            Ok(Some(Incoming::Msg(ServerMsg::Error(text)))) => {
+                break Err(Failure::Agent(safe(&text)))
+            }
+            Ok(Some(Incoming::Msg(_))) => {
                 break Err(Failure::Stream(
                     "protocol error: the agent answered a pull with another kind of message".into(),
                 ))

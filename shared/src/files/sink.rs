@@ -23,17 +23,22 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use std::sync::{Arc, Mutex};
+
 use tokio::sync::{mpsc, oneshot};
 
 use super::path::{self, display};
 use super::wire::{EntryKind, FileEnd, FileHeader, TransferDone};
 use super::ContentHasher;
+use crate::transport::Owned;
 
 /// Operations queued for the writer thread per transfer; with data messages of at most a
 /// frame, this bounds what a transfer holds in memory.
 const OPS_QUEUED: usize = 4;
 /// Events the writer thread may queue before it waits for them to be taken.
 const EVENTS_QUEUED: usize = 64;
+/// Buffers kept for reuse ([`Spares`]): enough for the ones queued and in hand at both ends.
+const SPARES_KEPT: usize = OPS_QUEUED + 2;
 
 /// Which symlinks a sink writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,8 +69,9 @@ pub struct Options {
 pub enum Op {
     /// The start of an entry.
     Header(FileHeader),
-    /// File content for the current file.
-    Data(Vec<u8>),
+    /// File content for the current file, in the buffer it was received in (given back
+    /// through [`Handle::spares`] once written).
+    Data(Owned),
     /// The end of the current file.
     End(FileEnd),
     /// No more entries: finish the directories and report.
@@ -92,6 +98,33 @@ pub struct Handle {
     pub ops: mpsc::Sender<Op>,
     /// Failed entries as they happen, then [`Event::Done`].
     pub events: mpsc::Receiver<Event>,
+    /// The buffers of written data, for the receiving side to read the next frames into.
+    pub spares: Arc<Spares>,
+}
+
+/// Buffers the writer is done with. Data travels from the socket to the file in the buffer it
+/// was read into; reusing those buffers spares an allocation, and the kernel's zeroing of fresh
+/// pages, per chunk. At most [`SPARES_KEPT`] are kept.
+#[derive(Debug, Default)]
+pub struct Spares(Mutex<Vec<Vec<u8>>>);
+
+impl Spares {
+    /// A buffer to read into: a used one if there is one, else a new empty one.
+    pub fn take(&self) -> Vec<u8> {
+        self.lock().pop().unwrap_or_default()
+    }
+
+    fn put(&self, buf: Vec<u8>) {
+        let mut kept = self.lock();
+        if kept.len() < SPARES_KEPT {
+            kept.push(buf);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
+        // A list of buffers is consistent whatever a panicking holder did.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// The writer thread ended (it failed to start, or was dropped).
@@ -123,6 +156,8 @@ where
     let (ops_tx, ops) = mpsc::channel(OPS_QUEUED);
     let (events_tx, events) = mpsc::channel(EVENTS_QUEUED);
     let (ready_tx, ready) = oneshot::channel();
+    let spares = Arc::new(Spares::default());
+    let given_back = spares.clone();
     std::thread::Builder::new()
         .name("rexec-sink".into())
         .spawn(move || {
@@ -136,6 +171,7 @@ where
                     current: Current::Idle,
                     done: TransferDone::default(),
                     events: events_tx,
+                    spares: given_back,
                 })
             });
             match started {
@@ -155,6 +191,7 @@ where
     Ok(Handle {
         ops: ops_tx,
         events,
+        spares,
     })
 }
 
@@ -203,6 +240,7 @@ struct Writer {
     current: Current,
     done: TransferDone,
     events: mpsc::Sender<Event>,
+    spares: Arc<Spares>,
 }
 
 impl Writer {
@@ -222,7 +260,10 @@ impl Writer {
                     }
                     self.header(header);
                 }
-                Op::Data(data) => self.data(&data),
+                Op::Data(data) => {
+                    self.data(&data);
+                    self.spares.put(data.into_buffer());
+                }
                 Op::End(end) => self.end(end),
                 Op::Finish => {
                     if let Current::File(file) = std::mem::replace(&mut self.current, Current::Idle)
@@ -781,7 +822,9 @@ mod tests {
             let Handle {
                 ops: tx,
                 mut events,
+                spares,
             } = spawn(move || Ok(options)).await.unwrap();
+            let data_ops = ops.iter().filter(|op| matches!(op, Op::Data(_))).count();
             for op in ops {
                 tx.send(op).await.unwrap();
             }
@@ -793,6 +836,8 @@ mod tests {
             while let Some(e) = events.recv().await {
                 seen.push(e);
             }
+            // The thread has ended: every data buffer, written or skipped, came back.
+            assert_eq!(spares.lock().len(), data_ops.min(SPARES_KEPT));
             seen
         })
     }
@@ -809,7 +854,7 @@ mod tests {
     fn send_file(path: &[u8], content: &[u8], mode: u32) -> Vec<Op> {
         let mut ops = vec![Op::Header(file_header(path, content, mode))];
         for chunk in content.chunks(3) {
-            ops.push(Op::Data(chunk.to_vec()));
+            ops.push(Op::Data(chunk.to_vec().into()));
         }
         ops.push(Op::End(FileEnd::Complete(digest(content))));
         ops
@@ -878,20 +923,20 @@ mod tests {
         // Other bytes than the digest covers.
         let mut ops = vec![
             Op::Header(file_header(b"f", b"abc", 0o644)),
-            Op::Data(b"abd".to_vec()),
+            Op::Data(b"abd".to_vec().into()),
             Op::End(FileEnd::Complete(digest(b"abc"))),
         ];
         // Fewer bytes than announced.
         ops.push(Op::Header(file_header(b"f", b"abc", 0o644)));
-        ops.push(Op::Data(b"ab".to_vec()));
+        ops.push(Op::Data(b"ab".to_vec().into()));
         ops.push(Op::End(FileEnd::Complete(digest(b"ab"))));
         // More bytes than announced.
         ops.push(Op::Header(file_header(b"f", b"abc", 0o644)));
-        ops.push(Op::Data(b"abcd".to_vec()));
+        ops.push(Op::Data(b"abcd".to_vec().into()));
         ops.push(Op::End(FileEnd::Complete(digest(b"abcd"))));
         // Abandoned by the sender: not reported by the sink, not written.
         ops.push(Op::Header(file_header(b"f", b"abc", 0o644)));
-        ops.push(Op::Data(b"a".to_vec()));
+        ops.push(Op::Data(b"a".to_vec().into()));
         ops.push(Op::End(FileEnd::Abandoned));
         let events = run(options(dir.path()), ops, true);
         let failed: Vec<&String> = events
@@ -911,7 +956,7 @@ mod tests {
         // Cut: the channel closes in the middle of the data.
         let ops = vec![
             Op::Header(file_header(b"f", b"abcdef", 0o644)),
-            Op::Data(b"abc".to_vec()),
+            Op::Data(b"abc".to_vec().into()),
         ];
         assert_eq!(run(options(dir.path()), ops, false), []);
         assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"old");
