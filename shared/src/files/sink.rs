@@ -104,7 +104,7 @@ pub struct Handle {
 
 /// Buffers the writer is done with. Data travels from the socket to the file in the buffer it
 /// was read into; reusing those buffers spares an allocation, and the kernel's zeroing of fresh
-/// pages, per chunk. At most [`SPARES_KEPT`] are kept.
+/// pages, per chunk. A few (as many as can be in use at once) are kept.
 #[derive(Debug, Default)]
 pub struct Spares(Mutex<Vec<Vec<u8>>>);
 
