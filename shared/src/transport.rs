@@ -483,6 +483,24 @@ impl<R: AsyncRead + Unpin> RequestReader<R> {
     }
 }
 
+/// See [`copy_skew`].
+const COPY_SKEW: usize = 64;
+
+/// How far to move a copy's destination (`dst`, copied to from `src`) so that it does not lie
+/// just above its source modulo 4096: the CPU then takes each load for one that may depend on
+/// a store just made to the same offset in a page (4K aliasing), and a copy runs 5 to 20 times
+/// slower. Sealing copies every body after a 5-byte header; when both buffers start at the same
+/// offset in their pages (as large allocations do), every copy was that slow: a push of a file
+/// spent more time in this copy than in its encryption.
+fn copy_skew(dst: usize, src: usize) -> usize {
+    let distance = dst.wrapping_sub(src) % 4096;
+    if distance == 0 || distance >= COPY_SKEW {
+        0
+    } else {
+        COPY_SKEW - distance
+    }
+}
+
 /// Seals and sends frames, one write per frame. It keeps the time of the last frame sent, so
 /// that the exchange can send a heartbeat when [`Self::heartbeat_due`] says so.
 pub struct SealedWriter<W> {
@@ -514,8 +532,16 @@ impl<W: AsyncWrite + Unpin> SealedWriter<W> {
     /// Seals and sends one message.
     pub async fn send(&mut self, kind: u8, body: &[u8]) -> Result<(), ProtocolError> {
         self.buf.clear();
+        // Room for the skew, so that the buffer does not move once it is chosen.
+        self.buf
+            .reserve(COPY_SKEW + HEADER_LEN + body.len() + crate::session::TAG_LEN);
+        let skew = copy_skew(
+            self.buf.as_ptr() as usize + HEADER_LEN,
+            body.as_ptr() as usize,
+        );
+        self.buf.resize(skew, 0);
         self.sealer.seal(kind, body, &mut self.buf)?;
-        self.inner.write_all(&self.buf).await?;
+        self.inner.write_all(&self.buf[skew..]).await?;
         self.last_sent = Instant::now();
         Ok(())
     }
@@ -1090,6 +1116,36 @@ mod tests {
             reader.next_stream_msg_owning_data(Vec::new).await,
             Err(ProtocolError::Integrity)
         ));
+    }
+
+    #[test]
+    fn a_copy_never_lands_just_above_its_source_in_the_page() {
+        for src in [0usize, 16, 4091, 1 << 20] {
+            for dst in (src..src + 3 * 4096).step_by(3) {
+                let skew = copy_skew(dst, src);
+                assert!(skew < COPY_SKEW);
+                let distance = (dst + skew - src) % 4096;
+                assert!(distance == 0 || distance >= COPY_SKEW, "{dst} from {src}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_sealed_at_any_skew_open_as_sent() {
+        let (mut writer, mut reader) = one_way();
+        // Bodies at every offset of one buffer: each send chooses its own skew.
+        let body: Vec<u8> = (0..200u8).collect();
+        let sender = tokio::spawn(async move {
+            for start in 0..100 {
+                writer.send(kind::STDOUT, &body[start..]).await.unwrap();
+            }
+        });
+        for start in 0..100u8 {
+            let (k, got) = reader.next().await.unwrap().unwrap();
+            assert_eq!(k, kind::STDOUT);
+            assert_eq!(got.to_vec(), (start..200u8).collect::<Vec<u8>>());
+        }
+        sender.await.unwrap();
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@
 //! whatever the file's size. As in [`super::sink`], the thread is where a user's credentials
 //! attach.
 
+use std::collections::VecDeque;
 use std::ffi::OsStr;
 use std::fs::{File, Metadata};
 use std::io::{self, Read};
@@ -24,6 +25,9 @@ use super::{ContentHasher, Enter, CHUNK};
 
 /// Events queued ahead of the receiver: a few chunks.
 const QUEUED: usize = 4;
+/// Chunks sent lately, kept to be read into again once every receiver has let go of them.
+/// Enough for those queued here and at every target of a push ([`Walker::buffer`]).
+const RECENT: usize = 16;
 
 /// What the reader produces, in order: for each entry a header, and for a file its data and
 /// end; failed entries in between; the totals last.
@@ -59,6 +63,7 @@ pub async fn spawn(
         tx,
         recursive,
         done: TransferDone::default(),
+        recent: VecDeque::new(),
     };
     std::thread::Builder::new()
         .name("rexec-source".into())
@@ -90,9 +95,35 @@ struct Walker {
     tx: mpsc::Sender<Event>,
     recursive: bool,
     done: TransferDone,
+    /// The last chunks sent, oldest first.
+    recent: VecDeque<Arc<Vec<u8>>>,
 }
 
 impl Walker {
+    /// A buffer of `len` bytes to read the next chunk into: a chunk sent earlier that nobody
+    /// holds any more, else a new one. Reusing them spares the allocator's work, the kernel's
+    /// faulting in of fresh pages and their zeroing, for every chunk.
+    fn buffer(&mut self, len: usize) -> Vec<u8> {
+        let free = self.recent.iter().position(|c| Arc::strong_count(c) == 1);
+        let mut buf = free
+            .and_then(|i| self.recent.remove(i))
+            .and_then(|c| Arc::try_unwrap(c).ok())
+            .unwrap_or_default();
+        // Zeroes only what the buffer did not hold already: nothing, for a whole chunk again.
+        buf.resize(len, 0);
+        buf
+    }
+
+    /// Sends a chunk, keeping a reference to read into it again later.
+    fn send_chunk(&mut self, chunk: Vec<u8>) -> Result<(), Gone> {
+        let chunk = Arc::new(chunk);
+        if self.recent.len() == RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(chunk.clone());
+        self.send(Event::Data(chunk))
+    }
+
     fn send(&self, event: Event) -> Result<(), Gone> {
         self.tx.blocking_send(event).map_err(|_| Gone)
     }
@@ -223,7 +254,7 @@ impl Walker {
         let mut left = size;
         while left > 0 {
             let want = left.min(CHUNK as u64) as usize;
-            let mut buf = vec![0u8; want];
+            let mut buf = self.buffer(want);
             match read_full(&mut file, &mut buf) {
                 Ok(n) if n == want => {}
                 Ok(n) => {
@@ -241,7 +272,7 @@ impl Walker {
             }
             hasher.update(&buf);
             left -= want as u64;
-            self.send(Event::Data(Arc::new(buf)))?;
+            self.send_chunk(buf)?;
         }
         self.done.files += 1;
         self.done.bytes += size;
@@ -375,6 +406,50 @@ mod tests {
                 failed: 0
             }))
         );
+    }
+
+    #[test]
+    fn chunks_read_into_reused_buffers_carry_the_files_bytes() {
+        // The receiver lets go of each chunk at once, so the reader reuses their buffers; a
+        // second file shorter than a chunk must not carry a reused buffer's old tail.
+        let dir = tempfile::tempdir().unwrap();
+        let mut n = 1u32;
+        let content: Vec<u8> = (0..CHUNK * 5 + 777)
+            .map(|_| {
+                n = n.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                (n >> 16) as u8
+            })
+            .collect();
+        std::fs::write(dir.path().join("a"), &content).unwrap();
+        std::fs::write(dir.path().join("b"), b"short").unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let paths = ["a", "b"]
+            .iter()
+            .map(|name| dir.path().join(name).as_os_str().as_bytes().to_vec())
+            .collect();
+        let (files, reused) = rt.block_on(async move {
+            let mut rx = spawn(paths, false, None).await.unwrap();
+            let mut files: Vec<Vec<u8>> = Vec::new();
+            let mut buffers = std::collections::HashSet::new();
+            let mut chunks = 0;
+            while let Some(e) = rx.recv().await {
+                match e {
+                    Event::Header(_) => files.push(Vec::new()),
+                    Event::Data(d) => {
+                        files.last_mut().unwrap().extend_from_slice(&d);
+                        buffers.insert(d.as_ptr() as usize);
+                        chunks += 1;
+                    }
+                    _ => {}
+                }
+            }
+            (files, buffers.len() < chunks)
+        });
+        assert!(files[0] == content, "other bytes than the file's");
+        assert_eq!(files[1], b"short");
+        assert!(reused, "no buffer was read into twice");
     }
 
     #[test]
