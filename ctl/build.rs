@@ -1,7 +1,7 @@
 //! Links libgcc's unwinder into ctl statically, where the C compiler has one, so that ctl
 //! does not load `libgcc_s.so.1` at every start. That library's constructor probes the CPU
-//! (`__cpu_indicator_init`), and `cpuid` traps to the hypervisor on a virtual machine: the
-//! two cost a short run about 0.2 ms there (docs/benchmarks.md, section 9). Native builds
+//! (`__cpu_indicator_init`), and `cpuid` traps to the hypervisor on a virtual machine, where
+//! that is a measurable part of starting ctl (docs/benchmarks.md, section 9). Native builds
 //! only (the compiler asked is the host's); elsewhere, or without `libgcc_eh.a`, ctl links
 //! as before, with `libgcc_s.so.1`. Sets `cfg(static_unwinder)` when it links the archive.
 

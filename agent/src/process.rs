@@ -154,7 +154,8 @@ fn release_leader(pid: i32) {
 /// starting at once kept handshakes waiting past their deadline.) A lone command in a cgroup,
 /// with no directory to enter and no user to become, starts on the calling worker where
 /// there are others: the spawn holds up that one worker until the exec, and the hand-over to
-/// the pool and back would cost it about 0.2 ms (docs/benchmarks.md, section 9).
+/// the pool and back is a measurable part of a short command's time (docs/benchmarks.md,
+/// section 9).
 pub async fn spawn(cmd: Command, user: Option<Switch>) -> io::Result<(Child, Tree)> {
     // A few at a time: hundreds of spawns at once would take the CPU from the handshakes and
     // output of everything else.

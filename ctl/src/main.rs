@@ -78,8 +78,8 @@ fn main() -> ExitCode {
 /// writes to where that runs on ctl's own thread. One target whose writes cannot hold up a
 /// thread (output to files, `/dev/null` or pipes opened again non-blocking, see
 /// [`output::Console`]), and a ping of one target, run on ctl's own thread: starting and
-/// joining a worker, and handing each wake-up across to it, cost a short run about 0.3 ms
-/// (docs/benchmarks.md, section 9). Otherwise a write to a terminal may stall (flow control,
+/// joining a worker, and handing each wake-up across to it, are a measurable part of a
+/// short run (docs/benchmarks.md, section 9). Otherwise a write to a terminal may stall (flow control,
 /// a slow screen): it runs under `block_in_place` on a worker of the multi-thread runtime, so
 /// that the heartbeats go on; one target needs one worker.
 fn runtime(
