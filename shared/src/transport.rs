@@ -183,6 +183,12 @@ struct Opened {
     len: usize,
 }
 
+/// What [`SealedReader::next_taking`] read: file data with its buffer, or another frame.
+enum Taken {
+    Data(Owned),
+    Frame(Opened),
+}
+
 /// An opened frame's body that owns the buffer it was read and opened in: file data goes to
 /// the thread that writes it without being copied. [`Self::into_buffer`] gives the buffer back
 /// for reuse (see [`SealedReader::next_stream_msg_owning_data`]).
@@ -386,28 +392,39 @@ impl<R: AsyncRead + Unpin> SealedReader<R> {
         }
     }
 
+    /// The next opened frame, with its body taken out with its buffer when it is of
+    /// `data_kind` (file data, whose body is the data itself: there is nothing to decode);
+    /// the reader goes on in `spare()`'s buffer.
+    async fn next_taking(
+        &mut self,
+        data_kind: u8,
+        spare: impl FnOnce() -> Vec<u8>,
+    ) -> Result<Option<Taken>, ProtocolError> {
+        let Some(opened) = self.next_opened().await? else {
+            return Ok(None);
+        };
+        if opened.kind == data_kind {
+            let data = self.frames.take(opened.span, opened.len, spare());
+            return Ok(Some(Taken::Data(data)));
+        }
+        Ok(Some(Taken::Frame(opened)))
+    }
+
     /// As [`Self::next_stream_msg`], but a file data message comes with its buffer
     /// ([`Incoming::Data`]); the reader goes on in `spare()`'s buffer, so the receiver can hand
-    /// buffers it is done with back. The message is decoded (checked) as any other.
+    /// buffers it is done with back. Other messages are decoded (checked) as always.
     pub async fn next_stream_msg_owning_data(
         &mut self,
         spare: impl FnOnce() -> Vec<u8>,
     ) -> Result<Option<Incoming<StreamMsg<'_>>>, ProtocolError> {
-        let Some(opened) = self.next_opened().await? else {
-            return Ok(None);
-        };
-        let frame = self.frames.frame(opened.span);
-        let body = &frame.payload[..opened.len];
-        if matches!(
-            StreamMsg::decode(opened.kind, body)?,
-            StreamMsg::FileData(_)
-        ) {
-            let data = self.frames.take(opened.span, opened.len, spare());
-            return Ok(Some(Incoming::Data(data)));
+        match self.next_taking(kind::PUSH_DATA, spare).await? {
+            None => Ok(None),
+            Some(Taken::Data(data)) => Ok(Some(Incoming::Data(data))),
+            Some(Taken::Frame(o)) => {
+                let frame = self.frames.frame(o.span);
+                StreamMsg::decode(o.kind, &frame.payload[..o.len]).map(|m| Some(Incoming::Msg(m)))
+            }
         }
-        let frame = self.frames.frame(opened.span);
-        StreamMsg::decode(opened.kind, &frame.payload[..opened.len])
-            .map(|msg| Some(Incoming::Msg(msg)))
     }
 
     /// As [`Self::next_server_msg`], with file data as in
@@ -416,21 +433,14 @@ impl<R: AsyncRead + Unpin> SealedReader<R> {
         &mut self,
         spare: impl FnOnce() -> Vec<u8>,
     ) -> Result<Option<Incoming<ServerMsg<'_>>>, ProtocolError> {
-        let Some(opened) = self.next_opened().await? else {
-            return Ok(None);
-        };
-        let frame = self.frames.frame(opened.span);
-        let body = &frame.payload[..opened.len];
-        if matches!(
-            ServerMsg::decode(opened.kind, body)?,
-            ServerMsg::FileData(_)
-        ) {
-            let data = self.frames.take(opened.span, opened.len, spare());
-            return Ok(Some(Incoming::Data(data)));
+        match self.next_taking(kind::PULL_DATA, spare).await? {
+            None => Ok(None),
+            Some(Taken::Data(data)) => Ok(Some(Incoming::Data(data))),
+            Some(Taken::Frame(o)) => {
+                let frame = self.frames.frame(o.span);
+                ServerMsg::decode(o.kind, &frame.payload[..o.len]).map(|m| Some(Incoming::Msg(m)))
+            }
         }
-        let frame = self.frames.frame(opened.span);
-        ServerMsg::decode(opened.kind, &frame.payload[..opened.len])
-            .map(|msg| Some(Incoming::Msg(msg)))
     }
 
     /// The next message from the agent; `Ok(None)` on end of stream.
@@ -488,7 +498,7 @@ const COPY_SKEW: usize = 64;
 
 /// How far to move a copy's destination (`dst`, copied to from `src`) so that it does not lie
 /// just above its source modulo 4096: the CPU then takes each load for one that may depend on
-/// a store just made to the same offset in a page (4K aliasing), and a copy runs 5 to 20 times
+/// a store just made to the same offset in a page (4K aliasing), and a copy runs several times
 /// slower. Sealing copies every body after a 5-byte header; when both buffers start at the same
 /// offset in their pages (as large allocations do), every copy was that slow: a push of a file
 /// spent more time in this copy than in its encryption.
