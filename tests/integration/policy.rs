@@ -126,15 +126,27 @@ fn user_nobody_runs_as_nobody_and_cannot_read_the_key_file() {
     assert!(!run.out().contains(" k "), "the key file was read: {run}");
 }
 
-/// A user and a group that the test creates and removes (also when it fails).
+/// A user and a group that the test creates and removes (also when it fails), with its home
+/// in a scratch directory of its own that others may enter.
 struct TempUser {
     name: String,
     group: String,
+    home: PathBuf,
+    base: tempfile::TempDir,
 }
 
 impl TempUser {
-    /// A user with `home` and the login shell `shell` (empty: none given in the database).
-    fn create(home: &Path, shell: &str) -> Option<Self> {
+    /// For `test`, a user with the login shell `shell` (empty: none in the user database);
+    /// `None`, with the reason printed, where the machine cannot switch users or useradd
+    /// fails.
+    fn create(test: &str, shell: &str) -> Option<Self> {
+        if !can_switch_users(test) {
+            return None;
+        }
+        let base = scratch();
+        std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        let home = base.path().join("home");
         let tag = marker("u").replace('-', "");
         // useradd takes at most 32 characters.
         let name = format!("rx{}", &tag[tag.len().saturating_sub(20)..]);
@@ -144,15 +156,24 @@ impl TempUser {
             .status()
             .is_ok_and(|s| s.success());
         if !made {
+            eprintln!("skipped {test}: groupadd failed");
             return None;
         }
-        let user = Self { name, group };
+        let user = Self {
+            name,
+            group,
+            home,
+            base,
+        };
         let made = Command::new("useradd")
             .args(["-m", "-d"])
-            .arg(home)
+            .arg(&user.home)
             .args(["-s", shell, "-G", &user.group, &user.name])
             .status()
             .is_ok_and(|s| s.success());
+        if !made {
+            eprintln!("skipped {test}: useradd failed");
+        }
         made.then_some(user)
     }
 }
@@ -170,16 +191,13 @@ impl Drop for TempUser {
 
 #[test]
 fn a_created_user_gets_its_groups_home_and_environment() {
-    if !can_switch_users("a_created_user_gets_its_groups_home_and_environment") {
-        return;
-    }
-    let base = scratch();
-    std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let home = base.path().join("home");
-    let Some(user) = TempUser::create(&home, "/bin/sh") else {
-        eprintln!("skipped a_created_user_gets_its_groups_home_and_environment: useradd failed");
+    let Some(user) = TempUser::create(
+        "a_created_user_gets_its_groups_home_and_environment",
+        "/bin/sh",
+    ) else {
         return;
     };
+    let (base, home) = (user.base.path(), user.home.clone());
     let (agent, client) = agent_with(&format!("user={}", user.name));
     let run = exec_as(
         &agent,
@@ -209,7 +227,7 @@ fn a_created_user_gets_its_groups_home_and_environment() {
     assert_eq!(lines[5], user.name, "{run}");
 
     // --cwd is entered with the user's rights: a directory only root may enter is refused.
-    let private = base.path().join("private");
+    let private = base.join("private");
     std::fs::create_dir(&private).expect("mkdir");
     std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).expect("chmod");
     let cwd = private.display().to_string();
@@ -225,14 +243,7 @@ fn a_created_user_gets_its_groups_home_and_environment() {
 #[test]
 fn an_empty_login_shell_in_the_user_database_means_bin_sh() {
     let test = "an_empty_login_shell_in_the_user_database_means_bin_sh";
-    if !can_switch_users(test) {
-        return;
-    }
-    let base = scratch();
-    std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let home = base.path().join("home");
-    let Some(user) = TempUser::create(&home, "") else {
-        eprintln!("skipped {test}: useradd failed");
+    let Some(user) = TempUser::create(test, "") else {
         return;
     };
     assert_eq!(
@@ -533,16 +544,11 @@ fn sighup_with_a_bad_option_keeps_the_policy_in_force() {
 
 #[test]
 fn push_and_pull_under_user_have_that_users_rights() {
-    if !can_switch_users("push_and_pull_under_user_have_that_users_rights") {
-        return;
-    }
-    let base = scratch();
-    std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let home = base.path().join("home");
-    let Some(user) = TempUser::create(&home, "/bin/sh") else {
-        eprintln!("skipped push_and_pull_under_user_have_that_users_rights: useradd failed");
+    let Some(user) = TempUser::create("push_and_pull_under_user_have_that_users_rights", "/bin/sh")
+    else {
         return;
     };
+    let (base, home) = (user.base.path(), user.home.clone());
     let (agent, client) = agent_with(&format!("user={}", user.name));
     std::fs::set_permissions(agent.dir.path(), std::fs::Permissions::from_mode(0o755))
         .expect("chmod the key directory");
@@ -570,7 +576,7 @@ fn push_and_pull_under_user_have_that_users_rights() {
     assert_eq!(String::from_utf8_lossy(&owner.stdout).trim(), user.name);
 
     // Where the user may not write, the push fails, and nothing appears there.
-    let root_only = base.path().join("root-only");
+    let root_only = base.join("root-only");
     std::fs::create_dir(&root_only).expect("mkdir");
     let run = copy("push", &[&src_s, &format!("{}/", root_only.display())]);
     run.expect_code(1);
