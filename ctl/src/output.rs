@@ -170,24 +170,25 @@ pub struct Passthrough {
 impl Passthrough {
     /// Wraps this process's stdout and stderr.
     pub fn new() -> Self {
+        Self::with([Sink::of(1), Sink::of(2)], [None, None])
+    }
+
+    /// Writes to the console's pipes without blocking (see [`Output::settle`]).
+    pub fn on(console: Console) -> Self {
+        Self::with(console.kinds, console.pipes)
+    }
+
+    fn with(kinds: [Sink; 2], pipes: [Option<HeldPipe>; 2]) -> Self {
         // SAFETY: fds 1 and 2 are open for the life of the process, and ManuallyDrop keeps
         // these handles from closing them.
         unsafe {
             Self {
                 stdout: ManuallyDrop::new(File::from_raw_fd(1)),
                 stderr: ManuallyDrop::new(File::from_raw_fd(2)),
-                kinds: [Sink::of(1), Sink::of(2)],
-                pipes: [None, None],
+                kinds,
+                pipes,
             }
         }
-    }
-
-    /// Writes to the console's pipes without blocking (see [`Output::settle`]).
-    pub fn on(console: Console) -> Self {
-        let mut this = Self::new();
-        this.kinds = console.kinds;
-        this.pipes = console.pipes;
-        this
     }
 
     /// Whether the pipe of the stream other than `i` holds bytes: a write to `i` now would
